@@ -1,0 +1,83 @@
+"""Device selection: ``"auto"`` → CUDA → Apple MPS (probed) → CPU.
+
+Nothing in CellRefine is hard-coded to one device. ``"auto"`` picks CUDA when
+``torch.cuda.is_available()``, else MPS when available *and* a small U-Net
+forward pass runs on it (some MPS builds lack operators), else the CPU. A
+failed MPS probe logs and emits a :class:`RuntimeWarning` and falls back to
+the CPU.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import warnings
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["resolve_device", "DEVICES", "autocast_dtype"]
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+@functools.lru_cache(maxsize=None)
+def _mps_works() -> bool:
+    import torch
+
+    backend = getattr(torch.backends, "mps", None)
+    if backend is None or not backend.is_available():
+        return False
+    try:
+        from .model.unet import UNet
+
+        network = UNet(depth=1, base_channels=4).to("mps").eval()
+        with torch.inference_mode():
+            network(torch.zeros(1, 1, 16, 16, device="mps")).cpu()
+        return True
+    except Exception as error:  # noqa: BLE001 - any failure means "do not use MPS"; reported below
+        warnings.warn(f"Apple MPS is available but a test forward pass failed ({error}); using the CPU.", RuntimeWarning, stacklevel=3)
+        logger.warning("MPS probe failed: %s", error)
+        return False
+
+
+def resolve_device(device="auto"):
+    """Turn ``"auto"``/``"cpu"``/``"cuda"``/``"cuda:1"``/``"mps"`` or a torch.device into a torch.device.
+
+    Raises
+    ------
+    ValueError
+        Unknown name, or a device that is not available on this machine.
+    """
+    import torch
+
+    if isinstance(device, torch.device):
+        name = device.type
+    elif isinstance(device, str):
+        name = device.split(":")[0].lower()
+    else:
+        raise TypeError(f"device must be a string such as 'auto', 'cpu', 'cuda' or 'mps', got {type(device).__name__}.")
+    if name not in DEVICES:
+        raise ValueError(f"unknown device {device!r}; use one of {DEVICES} (or 'cuda:N').")
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if _mps_works():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' was requested but PyTorch sees no CUDA GPU; install a CUDA build of torch or use device='auto'/'cpu'.")
+    if name == "mps" and not _mps_works():
+        raise ValueError("device='mps' was requested but Apple MPS is not usable here; use device='auto' or 'cpu'.")
+    return torch.device(device) if isinstance(device, str) else device
+
+
+def autocast_dtype(device):
+    """The mixed-precision dtype to use on ``device`` (None = full float32).
+
+    CUDA: bfloat16 where supported, else float16. CPU and MPS: None.
+    """
+    import torch
+
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return None

@@ -1,0 +1,181 @@
+"""A small, configurable 2D U-Net (Ronneberger et al., 2015).
+
+The contracting path learns *what* is in the image; the skip connections
+restore *where*. Convolutions are 3x3 with zero padding ("same"), so the output
+has the input's size when the input is a multiple of ``2**depth``;
+:meth:`UNet.forward` pads any other size (reflect) and crops back.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+__all__ = ["UNet", "NORMALIZATIONS"]
+
+NORMALIZATIONS = ("batch", "group", "instance", "none")
+
+
+def _norm(kind: str, channels: int) -> nn.Module:
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "group":
+        return nn.GroupNorm(min(8, channels), channels)
+    if kind == "instance":
+        return nn.InstanceNorm2d(channels, affine=True)
+    return nn.Identity()
+
+
+class _DoubleConv(nn.Sequential):
+    def __init__(self, in_channels: int, out_channels: int, norm: str):
+        super().__init__(
+            nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=norm == "none"),
+            _norm(norm, out_channels),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=norm == "none"),
+            _norm(norm, out_channels),
+            nn.ReLU(inplace=True),
+        )
+
+
+class UNet(nn.Module):
+    """2D U-Net mapping ``(N, in_channels, Y, X)`` to ``(N, out_channels, Y, X)`` logits.
+
+    Parameters
+    ----------
+    in_channels : int
+        Number of input channels (1 for the bundled grey-scale model).
+    out_channels : int
+        Number of output classes (3: background, cell, boundary).
+    depth : int
+        Number of 2x down-samplings (the input grid is ``2**depth``).
+    base_channels : int
+        Feature maps at full resolution; doubled at each level.
+    norm : {"batch", "group", "instance", "none"}
+        Normalisation after each convolution. ``"batch"`` in evaluation mode
+        (fixed statistics) is local, so tiled inference equals whole-image
+        inference exactly; ``"group"``/``"instance"`` compute statistics over
+        the whole input (per tile when tiled).
+
+    Notes
+    -----
+    The output is logits; apply ``softmax(dim=1)`` for probabilities.
+    Inputs whose size is not a multiple of ``2**depth`` are reflect-padded
+    and the output is cropped back to the input size.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        out_channels: int = 3,
+        depth: int = 3,
+        base_channels: int = 16,
+        norm: str = "batch",
+    ):
+        super().__init__()
+        for name, value, low in (
+            ("in_channels", in_channels, 1),
+            ("out_channels", out_channels, 1),
+            ("depth", depth, 1),
+            ("base_channels", base_channels, 1),
+        ):
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ValueError(f"UNet: {name} must be an integer >= {low}, got {value!r}.")
+        if depth > 6:
+            raise ValueError(f"UNet: depth must be at most 6, got {depth}.")
+        if norm not in NORMALIZATIONS:
+            raise ValueError(f"UNet: norm must be one of {NORMALIZATIONS}, got {norm!r}.")
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.depth = depth
+        self.base_channels = base_channels
+        self.norm = norm
+
+        widths = [base_channels * 2**level for level in range(depth + 1)]
+        self.encoders = nn.ModuleList()
+        previous = in_channels
+        for width in widths[:-1]:
+            self.encoders.append(_DoubleConv(previous, width, norm))
+            previous = width
+        self.bottleneck = _DoubleConv(widths[-2], widths[-1], norm)
+        self.upsamplers = nn.ModuleList()
+        self.decoders = nn.ModuleList()
+        for level in reversed(range(depth)):
+            self.upsamplers.append(nn.ConvTranspose2d(widths[level + 1], widths[level], 2, stride=2))
+            self.decoders.append(_DoubleConv(2 * widths[level], widths[level], norm))
+        self.head = nn.Conv2d(widths[0], out_channels, 1)
+        for module in self.modules():
+            if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+                nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+
+    @property
+    def grid(self) -> int:
+        """Spatial sizes must be multiples of this (``2**depth``) to avoid padding."""
+        return 2**self.depth
+
+    @property
+    def receptive_radius(self) -> int:
+        """Pixels on each side that can influence one output pixel.
+
+        Each 3x3 convolution at level ``l`` adds ``2**l``; each 2x2 pooling and
+        transposed convolution at level ``l`` adds ``2**l``.
+        """
+        radius = 0
+        for level in range(self.depth):
+            radius += 2 * 2**level  # encoder double conv
+            radius += 2**level  # max pooling
+            radius += 2 * 2**level  # decoder double conv
+            radius += 2**level  # transposed convolution
+        radius += 2 * 2**self.depth  # bottleneck
+        return radius
+
+    @property
+    def halo(self) -> int:
+        """Tile overlap (per side) that makes tiled inference exact: the receptive
+        radius rounded up to the down-sampling grid."""
+        return int(math.ceil(self.receptive_radius / self.grid) * self.grid)
+
+    def config(self) -> dict:
+        """Architecture arguments, enough to rebuild this network."""
+        return {
+            "in_channels": self.in_channels,
+            "out_channels": self.out_channels,
+            "depth": self.depth,
+            "base_channels": self.base_channels,
+            "norm": self.norm,
+        }
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4:
+            raise ValueError(
+                f"UNet expects a 4D tensor (N, C, Y, X), got shape {tuple(x.shape)}; "
+                "add batch/channel axes with x[None, None] for a single 2D image."
+            )
+        if x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"UNet was built for {self.in_channels} input channel(s), got {x.shape[1]} "
+                f"(input shape {tuple(x.shape)}); convert the image or use a matching model."
+            )
+        height, width = x.shape[-2:]
+        pad_y = (-height) % self.grid
+        pad_x = (-width) % self.grid
+        if pad_y or pad_x:
+            mode = "reflect" if height > pad_y and width > pad_x else "replicate"
+            x = F.pad(x, (0, pad_x, 0, pad_y), mode=mode)
+        skips = []
+        for encoder in self.encoders:
+            x = encoder(x)
+            skips.append(x)
+            x = F.max_pool2d(x, 2)
+        x = self.bottleneck(x)
+        for upsample, decoder, skip in zip(self.upsamplers, self.decoders, reversed(skips)):
+            x = decoder(torch.cat([skip, upsample(x)], dim=1))
+        x = self.head(x)
+        if pad_y or pad_x:
+            x = x[..., :height, :width]
+        return x
