@@ -124,10 +124,12 @@ def cmd_segment(args) -> int:
     inputs = expand_inputs(specs)
     outputs = _output_paths(inputs, args.output)
     model = load_model(args.model, device=args.device)
-    settings = PostprocessSettings(
-        foreground_threshold=args.foreground_threshold, seed_threshold=args.seed_threshold,
-        min_size=args.min_size, stitch_threshold=args.stitch_threshold,
-    ).validate()
+    given = {
+        name: getattr(args, name)
+        for name in ("foreground_threshold", "seed_threshold", "min_size", "stitch_threshold")
+        if getattr(args, name) is not None
+    }
+    settings = PostprocessSettings(**{**model.config.get("postprocess", {}), **given}).validate()
     for index, (source, target) in enumerate(zip(inputs, outputs)):
         image, axes = read_image(source, args.axes)
         bar = _progress_bar(len(inputs), index, source.name)
@@ -212,10 +214,10 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="default: auto (CUDA, then MPS, then CPU)")
     seg.add_argument("--semantic", action="store_true", help="also write NAME_classes.tif (0 background, 1 cell, 2 boundary)")
     seg.add_argument("--tile-size", type=int, default=None, help="tile core size in pixels (default by device)")
-    seg.add_argument("--foreground-threshold", type=float, default=0.5, help="cell+boundary probability for foreground (default 0.5)")
-    seg.add_argument("--seed-threshold", type=float, default=0.6, help="cell probability for watershed seeds (default 0.6)")
-    seg.add_argument("--min-size", type=int, default=15, help="smallest object kept, in pixels (default 15)")
-    seg.add_argument("--stitch-threshold", type=float, default=0.25, help="IoU linking objects across Z planes (default 0.25)")
+    seg.add_argument("--foreground-threshold", type=float, help="cell+boundary probability for foreground (default: the model's, 0.8 for the bundled one)")
+    seg.add_argument("--seed-threshold", type=float, help="cell probability for watershed seeds (default: the model's, 0.8 for the bundled one)")
+    seg.add_argument("--min-size", type=int, help="smallest object kept, in pixels (default: the model's, 15)")
+    seg.add_argument("--stitch-threshold", type=float, help="IoU linking objects across Z planes (default: the model's, 0.25)")
     seg.set_defaults(func=cmd_segment)
 
     ft = sub.add_parser(

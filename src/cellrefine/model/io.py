@@ -138,7 +138,6 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 
 def _read_safetensors(path: Path):
-    from safetensors import SafetensorsError
     from safetensors.torch import load as load_bytes
 
     data = path.read_bytes()
@@ -151,7 +150,7 @@ def _read_safetensors(path: Path):
         state = load_bytes(data)
         header_len = int.from_bytes(data[:8], "little")
         header = json.loads(data[8 : 8 + header_len])
-    except (SafetensorsError, ValueError, UnicodeDecodeError, Exception) as error:  # noqa: BLE001 - re-raised with context
+    except Exception as error:  # noqa: BLE001 - safetensors raises several types; re-raised as ModelFileError
         raise ModelFileError(f"{path} is not a valid safetensors file ({error}); it may be truncated or of another format.") from error
     metadata = header.get("__metadata__") or {}
     return state, metadata

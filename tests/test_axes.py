@@ -1,0 +1,114 @@
+"""Tests for cellrefine.axes: inference, validation and the (T, Z, C, Y, X) view."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+from cellrefine.axes import check_axes, from_tzyx, infer_axes, spatial_shape, to_tzcyx
+
+
+@pytest.mark.parametrize(
+    ("shape", "expected"),
+    [
+        ((32, 48), "YX"),
+        ((32, 48, 3), "YXC"),  # RGB
+        ((32, 48, 4), "YXC"),  # RGBA
+        ((5, 32, 48), "ZYX"),
+        ((32, 48, 5), "ZYX"),  # last axis not 3/4: not colour
+        ((7, 32, 48, 3), "ZYXC"),
+        ((2, 5, 32, 48), "TZYX"),
+        ((2, 5, 32, 48, 3), "TZYXC"),
+        ((2, 5, 2, 32, 48), "TZCYX"),
+    ],
+)
+def test_infer_axes_table(shape, expected):
+    assert infer_axes(shape) == expected
+    assert check_axes(shape, None) == expected
+
+
+@pytest.mark.parametrize("shape", [(10,), (1, 2, 3, 4, 5, 6)])
+def test_infer_axes_rejects_unsupported_ndim(shape):
+    with pytest.raises(ValueError, match=f"{len(shape)} dimensions"):
+        infer_axes(shape)
+
+
+def test_check_axes_upper_cases():
+    assert check_axes((4, 5, 6), "zyx") == "ZYX"
+    assert check_axes((3, 5, 6), "cyx") == "CYX"
+
+
+@pytest.mark.parametrize(
+    ("shape", "axes", "match"),
+    [
+        ((5, 6), "ZYX", r"3 letters but the image has 2 dimensions"),
+        ((4, 5, 6), "YX", r"2 letters but the image has 3 dimensions"),
+        ((4, 5, 6), "QYX", r"unknown letters \['Q'\]"),
+        ((4, 5, 6), "YYX", "repeats a letter"),
+        ((4, 5, 6), "ZYC", "must contain both 'Y' and 'X'"),
+        ((4, 5), "XZ", "must contain both 'Y' and 'X'"),
+    ],
+)
+def test_check_axes_errors(shape, axes, match):
+    with pytest.raises(ValueError, match=match):
+        check_axes(shape, axes)
+
+
+def test_check_axes_length_error_names_the_shape():
+    with pytest.raises(ValueError, match=r"shape \(5, 6\)"):
+        check_axes((5, 6), "ZYX")
+
+
+def test_check_axes_rejects_non_string():
+    with pytest.raises(TypeError, match="axes must be a string"):
+        check_axes((5, 6), ["Y", "X"])
+
+
+def _all_axes():
+    for k in range(4):
+        for extra in itertools.combinations("TZC", k):
+            for order in itertools.permutations(extra + ("Y", "X")):
+                yield "".join(order)
+
+
+ALL_AXES = list(_all_axes())
+SIZES = {"T": 2, "Z": 3, "C": 4, "Y": 5, "X": 6}
+
+
+def test_all_axes_enumerated():
+    # 2! + 3 * 3! + 3 * 4! + 5! orderings of YX plus any subset of TZC
+    assert len(ALL_AXES) == 2 + 18 + 72 + 120
+    assert {"CYX", "YXC", "TZCYX", "XY"} <= set(ALL_AXES)
+
+
+@pytest.mark.parametrize("axes", ALL_AXES)
+def test_to_tzcyx_and_back(axes):
+    shape = tuple(SIZES[a] for a in axes)
+    array = np.arange(int(np.prod(shape))).reshape(shape)
+    assert check_axes(shape, axes) == axes
+    view = to_tzcyx(array, axes)
+    assert view.shape == tuple(SIZES[a] if a in axes else 1 for a in "TZCYX")
+    # element-wise: view[t, z, c, y, x] is the array element at those indices
+    index = {"T": 1, "Z": 2, "C": 3, "Y": 4, "X": 5}
+    expected = array[tuple(min(index[a], SIZES[a] - 1) for a in axes)]
+    got = view[tuple(min(index[a], SIZES[a] - 1) if a in axes else 0 for a in "TZCYX")]
+    assert got == expected
+    # from_tzyx undoes it for the non-channel axes (channel 1 of the input, if any)
+    channel = 1 if "C" in axes else 0
+    back = from_tzyx(view[:, :, channel], axes)
+    reference = np.take(array, channel, axis=axes.index("C")) if "C" in axes else array
+    assert back.shape == spatial_shape(shape, axes)
+    np.testing.assert_array_equal(back, reference)
+    assert back.flags.c_contiguous
+
+
+def test_to_tzcyx_is_a_view():
+    array = np.zeros((3, 5, 6))
+    view = to_tzcyx(array, "ZYX")
+    assert np.shares_memory(view, array)
+
+
+def test_spatial_shape_drops_channel():
+    assert spatial_shape((5, 6, 3), "YXC") == (5, 6)
+    assert spatial_shape((2, 3, 4, 5, 6), "TZCYX") == (2, 3, 5, 6)
+    assert spatial_shape((3, 5, 6), "ZYX") == (3, 5, 6)
