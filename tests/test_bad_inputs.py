@@ -189,11 +189,6 @@ def test_config_with_unknown_architecture_argument(tmp_path, tiny_model):
         load_model(path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Model.__init__ converts only TypeError from UNet(**architecture) to ModelFileError; "
-    "an invalid value (depth=0) escapes as a plain ValueError",
-)
 def test_config_with_invalid_architecture_value(tmp_path, tiny_model):
     config = json.loads(json.dumps(tiny_model.config))
     config["architecture"]["depth"] = 0
@@ -237,11 +232,6 @@ def test_valid_devices():
     assert resolve_device("auto").type in ("cpu", "cuda", "mps")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: resolve_device lower-cases the name for validation but builds torch.device from the original string "
-    "(RuntimeError for 'CPU')",
-)
 def test_device_names_are_case_insensitive():
     assert resolve_device("Auto").type in ("cpu", "cuda", "mps")
     assert resolve_device("CPU") == torch.device("cpu")

@@ -166,10 +166,6 @@ def test_input_not_modified(tiny_model):
         np.testing.assert_array_equal(image, original)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: _check_image accepts bool images but normalize.percentile_range calls np.percentile on bool (TypeError)",
-)
 def test_bool_image(pointwise_model):
     image = np.zeros((16, 16), bool)
     image[4:12, 4:12] = True
@@ -366,8 +362,12 @@ def test_auto_device_runs_here(tiny_model):
     import torch
 
     result = segment(np.zeros((8, 8), np.float32), model=tiny_model, device="auto")
-    expected = "cuda" if torch.cuda.is_available() else ("mps" if result.device == "mps" else "cpu")
-    assert result.device == expected
+    if torch.cuda.is_available():
+        assert result.device.startswith("cuda")
+    elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        assert result.device in ("mps", "cpu")  # MPS only when its probe forward pass works
+    else:
+        assert result.device == "cpu"
 
 
 def test_model_must_be_a_model(tiny_model):

@@ -76,7 +76,6 @@ def test_all_dtypes_scale_to_unit_range(dtype, low, high):
     assert not np.shares_memory(out, image)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: percentile_range calls np.percentile on a bool array (TypeError); cast bool to uint8 first")
 def test_bool_image():
     image = np.zeros((4, 4), bool)
     image[:2] = True

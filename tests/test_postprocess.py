@@ -231,3 +231,8 @@ def test_relabel_sequential_empty():
     assert n == 0 and not out.any() and out.dtype == np.uint32
     out, n = relabel_sequential(np.zeros((0, 3), np.uint16))
     assert n == 0 and out.shape == (0, 3)
+
+
+def test_settings_reject_what_stitch_planes_rejects():
+    with pytest.raises(ValueError, match="stitch_threshold"):
+        PostprocessSettings(stitch_threshold=0).validate()

@@ -63,6 +63,8 @@ def read_image(path: Path, axes: str | None):
         return array, check_axes(array.shape, axes)
     try:
         with tifffile.TiffFile(path) as tif:
+            if not tif.series:
+                raise CLIError(f"cannot read {path} as a TIFF: it holds no image.")
             series = tif.series[0]
             array = series.asarray()
             file_axes = "".join(_TIFFFILE_TO_CELLREFINE.get(a, "?") for a in series.axes)
@@ -73,15 +75,24 @@ def read_image(path: Path, axes: str | None):
     return array, check_axes(array.shape, axes)
 
 
+def _stem(path: Path) -> str:
+    """File name without its image suffix (``a.1.ome.tif`` → ``a.1``)."""
+    name = path.name
+    for suffix in (".ome.tiff", ".ome.tif", ".tiff", ".tif", ".npy"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
 def _output_paths(inputs: list[Path], output: str | None) -> list[Path]:
     if output is None:
-        return [p.with_name(p.name.split(".")[0] + "_labels.tif") for p in inputs]
+        return [p.with_name(_stem(p) + "_labels.tif") for p in inputs]
     out = Path(output)
     if len(inputs) == 1 and out.suffix.lower() in _TIFF_SUFFIXES:
         return [out]
     if out.suffix.lower() in _TIFF_SUFFIXES:
         raise CLIError(f"{len(inputs)} inputs need an output folder, not the file {out}.")
-    return [out / (p.name.split(".")[0] + "_labels.tif") for p in inputs]
+    return [out / (_stem(p) + "_labels.tif") for p in inputs]
 
 
 def _progress_bar(total_files: int, index: int, name: str):
@@ -138,11 +149,11 @@ def cmd_segment(args) -> int:
         finally:
             bar.close()
         target.parent.mkdir(parents=True, exist_ok=True)
-        tifffile.imwrite(target, result.instances, compression="zlib", metadata={"axes": result.axes})
+        tifffile.imwrite(target, result.instances, compression="zlib", photometric="minisblack", metadata={"axes": result.axes})
         written = [str(target)]
         if args.semantic:
-            semantic_path = target.with_name(target.name.replace("_labels", "").split(".")[0] + "_classes.tif")
-            tifffile.imwrite(semantic_path, result.semantic, compression="zlib", metadata={"axes": result.axes})
+            semantic_path = target.with_name(_stem(target).removesuffix("_labels") + "_classes.tif")
+            tifffile.imwrite(semantic_path, result.semantic, compression="zlib", photometric="minisblack", metadata={"axes": result.axes})
             written.append(str(semantic_path))
         counts = np.bincount(result.semantic.ravel(), minlength=3) / result.semantic.size
         print(

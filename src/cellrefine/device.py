@@ -68,7 +68,7 @@ def resolve_device(device="auto"):
         raise ValueError("device='cuda' was requested but PyTorch sees no CUDA GPU; install a CUDA build of torch or use device='auto'/'cpu'.")
     if name == "mps" and not _mps_works():
         raise ValueError("device='mps' was requested but Apple MPS is not usable here; use device='auto' or 'cpu'.")
-    return torch.device(device) if isinstance(device, str) else device
+    return torch.device(device.lower()) if isinstance(device, str) else device
 
 
 def autocast_dtype(device):

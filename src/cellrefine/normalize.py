@@ -40,6 +40,8 @@ def percentile_range(array, low: float = 1.0, high: float = 99.8) -> tuple[float
     if not 0 <= low < high <= 100:
         raise ValueError(f"percentiles must satisfy 0 <= low < high <= 100, got low={low}, high={high}.")
     sample = _subsample(array)
+    if sample.dtype.kind == "b":
+        sample = sample.astype(np.uint8)
     if sample.dtype.kind == "f":
         sample = sample[np.isfinite(sample)]
     if sample.size == 0:

@@ -41,10 +41,12 @@ class PostprocessSettings:
     stitch_threshold: float = 0.25
 
     def validate(self) -> "PostprocessSettings":
-        for name in ("foreground_threshold", "seed_threshold", "stitch_threshold"):
+        for name in ("foreground_threshold", "seed_threshold"):
             value = getattr(self, name)
             if not 0 <= value <= 1:
                 raise ValueError(f"{name} must be in [0, 1], got {value}.")
+        if not 0 < self.stitch_threshold <= 1:
+            raise ValueError(f"stitch_threshold must be in (0, 1], got {self.stitch_threshold}.")
         for name in ("min_seed_size", "min_size"):
             value = getattr(self, name)
             if int(value) != value or value < 0:

@@ -36,13 +36,23 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Session", "SegmentationRecord", "get_session"]
+__all__ = ["Session", "SegmentationRecord", "get_session", "unwrap_viewer"]
 
 _SESSIONS: "weakref.WeakKeyDictionary[napari.Viewer, Session]" = weakref.WeakKeyDictionary()
 
 
+def unwrap_viewer(viewer: napari.Viewer) -> napari.Viewer:
+    """The viewer itself when napari handed a widget a ``PublicOnlyProxy`` of it.
+
+    The proxy wraps every attribute it returns in a new proxy, which would
+    break identity (``layer is other``) and weak-keyed bookkeeping.
+    """
+    return getattr(viewer, "__wrapped__", viewer)
+
+
 def get_session(viewer: napari.Viewer) -> "Session":
-    """The session of ``viewer`` (created on first use)."""
+    """The session of ``viewer`` (created on first use; proxies are unwrapped)."""
+    viewer = unwrap_viewer(viewer)
     session = _SESSIONS.get(viewer)
     if session is None:
         session = Session(viewer)

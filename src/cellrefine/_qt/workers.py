@@ -73,8 +73,12 @@ class JobWorker(GeneratorWorker):
             except Exception:  # noqa: BLE001 - a failing cleanup must not hide the job's own result
                 logger.exception("error while closing a CellRefine job")
 
-    def _relay_error(self, exc: Exception) -> None:  # called by napari's _NotifyingMixin
-        report_error(exc)
+    # napari's mixin may relay errors/warnings itself; start_job connects them explicitly instead
+    def _relay_error(self, exc: Exception) -> None:
+        pass
+
+    def _relay_warning(self, show_warn_args: tuple) -> None:
+        pass
 
 
 def _guarded(function, *args, **kwargs):
@@ -103,6 +107,7 @@ def start_job(function, *args, on_yielded=None, on_returned=None, on_aborted=Non
     ):
         if handler is not None:
             signal.connect(_reporting(handler))
+    worker.errored.connect(report_error)
     worker.warned.connect(lambda args: report_warning(str(args[0])))
     QTimer.singleShot(0, worker.start)
     return worker

@@ -66,7 +66,7 @@ class Model:
         if network is None:
             try:
                 network = UNet(**merged["architecture"])
-            except TypeError as error:
+            except (TypeError, ValueError) as error:
                 raise ModelFileError(f"model config has an invalid architecture {merged['architecture']!r}: {error}") from None
         else:
             merged["architecture"] = network.config()
@@ -126,6 +126,9 @@ class Model:
 
 def _atomic_write(path: Path, data: bytes) -> None:
     handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
     try:
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)

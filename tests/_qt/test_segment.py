@@ -1,0 +1,207 @@
+"""The Segment widget: shapes and geometry of results, cancel, re-runs, errors."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from cellrefine._qt.results import CLASS_COLORS
+from cellrefine._qt.segment_widget import SegmentWidget
+from cellrefine._qt.session import get_session
+
+from .conftest import finish, make_blobs
+
+
+def _stack(n=3):
+    return np.stack([make_blobs(seed=k)[0] for k in range(n)])
+
+
+# (data, add_image kwargs, expected label shape, expected kept scale)
+CASES = {
+    "2D": (lambda: make_blobs()[0], {"scale": (0.5, 0.25), "translate": (10, 20)}, (64, 64)),
+    "RGB": (lambda: np.repeat(make_blobs()[0][..., None], 3, axis=-1).astype(np.uint8), {"rgb": True, "scale": (0.5, 0.25), "translate": (1, 2)}, (64, 64)),
+    "ZYX": (_stack, {"scale": (2.0, 0.5, 0.5), "translate": (5, 0, 1)}, (3, 64, 64)),
+    "TYX": (_stack, {"axis_labels": ("t", "y", "x"), "scale": (1.0, 0.5, 0.5), "translate": (0, 3, 4)}, (3, 64, 64)),
+    "multiscale": (lambda: [make_blobs()[0], make_blobs()[0][::2, ::2]], {"multiscale": True, "scale": (2.0, 2.0)}, (64, 64)),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_segment_layers_match_image(qtbot, viewer, case):
+    make, kwargs, expected = CASES[case]
+    image = viewer.add_image(make(), name="img", **kwargs)
+    widget = SegmentWidget(viewer)
+    assert widget.image_combo.current_layer() is image
+    expected_axes = {"2D": "YX", "RGB": "YXC", "ZYX": "ZYX", "TYX": "TYX", "multiscale": "YX"}[case]
+    assert widget.request().axes == expected_axes
+
+    worker = widget.run()
+    assert not widget.run_button.isEnabled()
+    finish(qtbot, worker)
+
+    classes, instances = viewer.layers["img classes"], viewer.layers["img instances"]
+    for layer in (classes, instances):
+        assert layer.data.shape == expected
+        np.testing.assert_allclose(layer.scale, image.scale)
+        np.testing.assert_allclose(layer.translate, image.translate)
+        assert layer.metadata["cellrefine_axes"] == expected_axes.replace("C", "")
+    assert set(np.unique(classes.data)) <= {0, 1, 2}
+    assert instances.data.dtype == np.uint32
+    np.testing.assert_allclose(classes.colormap.map(np.array([1, 2])), [CLASS_COLORS[1], CLASS_COLORS[2]], atol=1e-6)
+    assert classes.colormap.map(np.array([0]))[0, 3] == 0  # background transparent
+    if case == "TYX":
+        assert tuple(classes.axis_labels) == ("t", "y", "x")
+    assert "img probabilities" not in viewer.layers  # off by default
+    assert widget.run_button.isEnabled()
+    assert widget.device_used.text() == "Ran on: cpu"
+
+
+def test_current_slice_only_and_probabilities(qtbot, viewer):
+    image = viewer.add_image(_stack(), name="stack", metadata={"cellrefine_axes": "TYX"})
+    viewer.dims.set_current_step(0, 1)
+    widget = SegmentWidget(viewer)
+    widget.current_slice.setChecked(True)
+    widget.show_probabilities.setChecked(True)
+    finish(qtbot, widget.run())
+
+    record = get_session(viewer).record_for(image)
+    assert record.planes == [(1, 0)]
+    probabilities = record.segmentation.probabilities
+    assert probabilities.shape == (3, 3, 64, 64)
+    assert probabilities[:, 1].any() and not probabilities[:, 0].any() and not probabilities[:, 2].any()
+    layer = viewer.layers["stack probabilities"]
+    assert layer.rgb and layer.data.shape == (3, 64, 64, 3)
+
+
+def test_cancel_stops_quickly_without_layers(qtbot, viewer):
+    viewer.add_image(np.random.default_rng(0).normal(size=(1536, 1536)).astype(np.float32), name="big")
+    widget = SegmentWidget(viewer)
+    widget.tile_size.setValue(32)  # 48 x 48 = 2304 tiles
+    progress = []
+    worker = widget.run()
+    worker.yielded.connect(progress.append)
+    with qtbot.waitSignal(worker.finished, timeout=60_000):
+        qtbot.waitUntil(lambda: len(progress) >= 3, timeout=30_000)
+        assert progress[-1].total == 48 * 48
+        started = time.perf_counter()
+        widget.cancel()
+    elapsed = time.perf_counter() - started
+    print(f"cancel took {elapsed * 1000:.0f} ms after {progress[-1].done}/{progress[-1].total} tiles")
+    assert elapsed < 3.0
+    assert progress[-1].done < progress[-1].total
+    assert [layer.name for layer in viewer.layers] == ["big"]
+    assert widget.run_button.isEnabled() and not widget.cancel_button.isEnabled()
+    assert get_session(viewer).record_for(viewer.layers["big"]) is None
+
+
+def test_edited_layer_survives_rerun(qtbot, viewer, blobs):
+    viewer.add_image(blobs[0], name="img")
+    widget = SegmentWidget(viewer)
+    finish(qtbot, widget.run())
+    classes, instances = viewer.layers["img classes"], viewer.layers["img instances"]
+    instances.brush_size = 6
+    instances.paint((20, 20), 77)  # the paint tool's code path: fires events.paint
+    painted = instances.data == 77
+    assert painted.sum() > 10
+
+    finish(qtbot, widget.run())
+    assert viewer.layers["img instances"] is instances  # still there, untouched
+    np.testing.assert_array_equal(instances.data == 77, painted)
+    assert "img instances [2]" in viewer.layers  # the re-run went to a new layer
+    assert [layer.name for layer in viewer.layers].count("img classes") == 1  # unedited: reused
+    assert "img classes [2]" not in viewer.layers
+    instances.undo()  # napari's undo still works on the kept layer
+    assert not (instances.data == 77).any()
+
+
+def test_update_instances_reuses_probabilities(qtbot, viewer, blobs):
+    image = viewer.add_image(blobs[0], name="img")
+    widget = SegmentWidget(viewer)
+    widget.auto_update.setChecked(False)
+    widget.foreground_threshold.setValue(0.0)
+    widget.seed_threshold.setValue(0.0)
+    widget.min_size.setValue(0)
+    finish(qtbot, widget.run())
+    session = get_session(viewer)
+    probabilities = session.record_for(image).segmentation.probabilities
+    assert viewer.layers["img instances"].data.max() >= 1
+
+    widget.foreground_threshold.setValue(1.0)  # nothing is foreground any more
+    finish(qtbot, widget.update_instances())
+    record = session.record_for(image)
+    assert record.segmentation.probabilities is probabilities  # no new network run
+    assert record.segmentation.settings.foreground_threshold == 1.0
+    assert viewer.layers["img instances"].data.max() == 0
+    assert "img instances [2]" not in viewer.layers
+
+    widget.auto_update.setChecked(True)  # debounced automatic update
+    widget.foreground_threshold.setValue(0.0)
+    layer = viewer.layers["img instances"]
+    qtbot.waitUntil(lambda: layer.data.max() >= 1 and widget.update_worker is None, timeout=10_000)
+    assert session.record_for(image).segmentation.settings.foreground_threshold == 0.0
+
+
+def test_follows_active_layer(viewer, blobs):
+    a = viewer.add_image(blobs[0], name="a")
+    b = viewer.add_image(blobs[0], name="b")
+    widget = SegmentWidget(viewer)
+    assert widget.image_combo.current_layer() is b
+    viewer.layers.selection.active = a
+    assert widget.image_combo.current_layer() is a
+
+
+def test_errors_reach_the_user(qtbot, viewer, blobs, errors, monkeypatch):
+    widget = SegmentWidget(viewer)
+    assert widget.run() is None  # no image layer
+    assert "No image layer" in errors["error"][-1]
+
+    viewer.add_image(blobs[0], name="img")
+    widget.axes_edit.setText("ZZYX")
+    assert widget.run() is None
+    assert "axes 'ZZYX'" in errors["error"][-1]
+    assert "ZZYX" in widget.axes_label.text()
+
+    widget.axes_edit.setText("")
+    widget.device_combo.setCurrentText("cuda")  # not on this machine: the worker raises ValueError
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine without CUDA")
+    finish(qtbot, widget.run())
+    assert "cuda" in errors["error"][-1].lower()
+    assert "img classes" not in viewer.layers
+    assert widget.run_button.isEnabled()
+
+
+def test_missing_bundled_model_is_a_message(make_napari_viewer, blobs, errors, monkeypatch, tmp_path):
+    import cellrefine.model.io as model_io
+
+    monkeypatch.setattr(model_io, "bundled_model_path", lambda: tmp_path / "missing.safetensors")
+    viewer = make_napari_viewer()
+    viewer.add_image(blobs[0], name="img")
+    widget = SegmentWidget(viewer)  # opens fine without the weights
+    assert widget.run() is None
+    assert "bundled CellRefine model is not installed" in errors["error"][-1]
+
+
+def test_unexpected_errors_keep_their_traceback(qtbot, viewer, blobs, monkeypatch):
+    """A RuntimeError in the worker (superqt would only warn) reaches napari's error notifications."""
+    from napari.utils import notifications
+
+    import cellrefine._qt.jobs as jobs
+
+    def broken(*args, **kwargs):
+        yield from ()
+        raise RuntimeError("boom")
+
+    received = []
+    monkeypatch.setattr(jobs, "iter_segment", broken)
+    monkeypatch.setattr(notifications.notification_manager, "receive_error", lambda *exc_info: received.append(exc_info))
+    viewer.add_image(blobs[0], name="img")
+    widget = SegmentWidget(viewer)
+    finish(qtbot, widget.run())
+    (exc_info,) = received
+    assert exc_info[0] is RuntimeError and str(exc_info[1]) == "boom" and exc_info[2] is not None
+    assert widget.progress.format() == "failed" and widget.run_button.isEnabled()
