@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 
 import pytest
 from npe2 import PluginManifest
@@ -12,11 +13,15 @@ MANIFEST = PluginManifest.from_distribution(PLUGIN)
 
 
 def test_manifest_validates():
-    manifest = PluginManifest.from_distribution(PLUGIN)
+    manifest = PluginManifest.from_distribution(PLUGIN)  # parsing validates the schema
     assert manifest.name == PLUGIN
-    PluginManifest.model_validate(manifest.model_dump()) if hasattr(PluginManifest, "model_validate") else PluginManifest.validate(manifest.dict())
-    manifest.validate_imports()
+    manifest.validate_imports()  # every python_name resolves
     assert {w.display_name for w in manifest.contributions.widgets} == {"Segment", "Fine-tune"}
+    assert [s.key for s in manifest.contributions.sample_data] == ["nuclei"]
+    # the copy at the repository root documents the same manifest
+    root = Path(__file__).resolve().parents[2] / "napari.yaml"
+    if root.exists():
+        assert PluginManifest.from_file(root).contributions == manifest.contributions
 
 
 @pytest.mark.parametrize("command", MANIFEST.contributions.commands, ids=lambda c: c.id)
