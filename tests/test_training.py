@@ -376,7 +376,7 @@ def test_postprocess_calibration_is_recorded(tiny_model, blobs):
     from cellrefine.training import CALIBRATION_GRID
 
     image, labels = blobs
-    tuned = finetune(tiny_model, [image], [labels], steps=2, **FAST)
+    tuned = finetune(tiny_model, [image], [labels], steps=2, calibrate_min_objects=1, **FAST)
     record = tuned.config["provenance"][-1]
     table = record["postprocess_calibration"]
     grid = {(fg, seed) for fg in CALIBRATION_GRID["foreground_threshold"] for seed in CALIBRATION_GRID["seed_threshold"]}
@@ -386,8 +386,53 @@ def test_postprocess_calibration_is_recorded(tiny_model, blobs):
     best = max(f1 for _, _, f1 in table)
     assert [chosen["foreground_threshold"], chosen["seed_threshold"], best] in table
     assert tiny_model.config["postprocess"] == {}
+    # too few reviewed objects to calibrate on: the parent's settings stay
+    n_objects = len(np.unique(labels)) - 1
+    few = finetune(tiny_model, [image], [labels], steps=1, calibrate_min_objects=n_objects + 1, **FAST)
+    assert few.config["postprocess"] == {} and "postprocess_calibration" not in few.config["provenance"][-1]
     # switched off, and never for semantic labels
     plain = finetune(tiny_model, [image], [labels], steps=1, calibrate_postprocess=False, **FAST)
     assert plain.config["postprocess"] == {} and "postprocess_calibration" not in plain.config["provenance"][-1]
     semantic = finetune(tiny_model, [image], [instances_to_semantic(labels)], kind="semantic", steps=1, **FAST)
     assert "postprocess_calibration" not in semantic.config["provenance"][-1]
+
+
+def test_distillation_term_is_zero_when_student_equals_teacher_and_positive_otherwise():
+    import torch
+
+    from cellrefine.training import weighted_loss
+
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 3, 8, 8, generator=generator)
+    semantic = torch.zeros(2, 8, 8, dtype=torch.long)
+    weights = torch.zeros(2, 8, 8)
+    weights[:, :4] = 1.0  # top half reviewed, bottom half not
+    base = weighted_loss(logits, semantic, weights)
+    same = weighted_loss(logits, semantic, weights, teacher=logits.softmax(dim=1), distill=3.0)
+    assert torch.allclose(base, same, atol=1e-5)
+    other = torch.roll(logits, 1, dims=1).softmax(dim=1)
+    assert weighted_loss(logits, semantic, weights, teacher=other, distill=3.0) > base + 0.1
+    # a reviewed pixel's teacher never matters: changing it there leaves the loss unchanged
+    changed = logits.softmax(dim=1).clone()
+    changed[:, :, :4] = torch.tensor([0.0, 0.0, 1.0])[None, :, None, None]
+    assert torch.allclose(weighted_loss(logits, semantic, weights, teacher=changed, distill=3.0), base, atol=1e-5)
+
+
+def test_teacher_kept_only_for_partly_reviewed_planes(tiny_model, blobs, monkeypatch):
+    import cellrefine.training as training
+
+    image, labels = blobs
+    captured = []
+    original = training._Sampler.__init__
+
+    def spy(self, samples, *args, **kwargs):
+        captured.append([s.teacher is not None for s in samples])
+        original(self, samples, *args, **kwargs)
+
+    monkeypatch.setattr(training._Sampler, "__init__", spy)
+    partial = np.zeros(labels.shape, bool)
+    partial[: labels.shape[0] // 2] = True
+    finetune(tiny_model, [image, image], [labels, labels], masks=[partial, np.ones(labels.shape, bool)], steps=1, **FAST)
+    assert captured[-1] == [True, False]
+    finetune(tiny_model, [image], [labels], masks=[partial], steps=1, distill=0.0, **FAST)
+    assert captured[-1] == [False]

@@ -71,12 +71,15 @@ class FinetuneSettings:
     sigma: float = 5.0
     dice: float = 0.5
     changed_weight: float = 3.0
+    distill: float = 3.0  # keep the parent's predictions on unreviewed pixels (0 = off)
+    context_crops: float = 0.5  # share of crops drawn anywhere in a partly reviewed plane (distillation context)
     boundary_width: int = 2
     elastic: float = 0.5  # probability of an elastic deformation per crop
     freeze_norm: bool = True  # keep BatchNorm statistics of the parent model
     seed: int = 0
     validate_every: int = 25
     calibrate_postprocess: bool = True  # re-pick watershed thresholds on the training planes
+    calibrate_min_objects: int = 10  # ... only when they hold at least this many reviewed objects
 
     def validate(self) -> "FinetuneSettings":
         """Raise ValueError naming the first invalid setting; return self."""
@@ -89,11 +92,12 @@ class FinetuneSettings:
         for name in ("learning_rate", "sigma"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}.")
-        for name in ("weight_decay", "w0", "dice", "changed_weight"):
+        for name in ("weight_decay", "w0", "dice", "changed_weight", "distill"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be non-negative, got {getattr(self, name)!r}.")
-        if not 0 <= self.elastic <= 1:
-            raise ValueError(f"elastic is a probability in [0, 1], got {self.elastic!r}.")
+        for name in ("elastic", "context_crops"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} is a probability in [0, 1], got {getattr(self, name)!r}.")
         return self
 
 
@@ -102,12 +106,15 @@ class TrainingSample:
     """One normalised plane ready for sampling.
 
     ``image`` (C, Y, X) float32, ``semantic`` (Y, X) uint8 target classes,
-    ``weights`` (Y, X) float32 loss weights (0 = ignored).
+    ``weights`` (Y, X) float32 loss weights (0 = ignored), and optionally
+    ``teacher`` (3, Y, X) float16: the parent model's probabilities, used to
+    keep its behaviour on the unreviewed pixels (distillation).
     """
 
     image: np.ndarray
     semantic: np.ndarray
     weights: np.ndarray
+    teacher: np.ndarray | None = None
 
     @property
     def reviewed(self) -> int:
@@ -164,22 +171,38 @@ class _Sampler:
         self.image_p = np.sqrt(counts) / np.sqrt(counts).sum()
         self.reviewed_idx = [np.flatnonzero(s.weights) for s in samples]
 
+    context_crops = 0.0  # share of crops centred anywhere in a plane that has a teacher
+
+    @property
+    def distilling(self) -> bool:
+        return any(s.teacher is not None for s in self.samples)
+
     def crop_one(self):
         index = self.rng.choice(len(self.samples), p=self.image_p)
         sample = self.samples[index]
-        flat = self.reviewed_idx[index]
-        centre = np.unravel_index(flat[self.rng.integers(len(flat))], sample.semantic.shape)
         half = self.crop // 2
+        if sample.teacher is not None and self.rng.random() < self.context_crops:
+            centre = [int(self.rng.integers(n)) for n in sample.semantic.shape]
+        else:
+            flat = self.reviewed_idx[index]
+            centre = np.unravel_index(flat[self.rng.integers(len(flat))], sample.semantic.shape)
         jitter = self.rng.integers(-half // 2, half // 2 + 1, size=2)
         starts = [int(c + j - half) for c, j in zip(centre, jitter)]
         image = _crop_padded(sample.image, starts, self.crop, mode="reflect")
         semantic = _crop_padded(sample.semantic, starts, self.crop, mode="constant")
         weights = _crop_padded(sample.weights, starts, self.crop, mode="constant")
-        return image, semantic, weights
+        teacher = None
+        if self.distilling:
+            if sample.teacher is None:  # fully reviewed plane: no distillation pixels
+                teacher = np.zeros((3, self.crop, self.crop), np.float32)
+            else:
+                teacher = _crop_padded(sample.teacher, starts, self.crop, mode="reflect").astype(np.float32)
+        return image, semantic, weights, teacher
 
     def batch(self, batch_size: int):
         crops = [self.crop_one() for _ in range(batch_size)]
-        return (np.stack([c[0] for c in crops]), np.stack([c[1] for c in crops]), np.stack([c[2] for c in crops]))
+        teacher = np.stack([c[3] for c in crops]) if self.distilling else None
+        return np.stack([c[0] for c in crops]), np.stack([c[1] for c in crops]), np.stack([c[2] for c in crops]), teacher
 
 
 def _crop_padded(array: np.ndarray, starts, size: int, mode: str) -> np.ndarray:
@@ -199,16 +222,22 @@ def _crop_padded(array: np.ndarray, starts, size: int, mode: str) -> np.ndarray:
     return np.ascontiguousarray(crop)
 
 
-def augment(images, semantic, weights, generator, elastic: float = 0.5):
+def augment(images, semantic, weights, generator, elastic: float = 0.5, teacher=None):
     """Random flips, 90° rotations, intensity jitter and elastic deformation.
 
     Operates on torch tensors ``images`` (N, C, Y, X), ``semantic`` (N, Y, X)
-    long and ``weights`` (N, Y, X) float, on their device.
+    long, ``weights`` (N, Y, X) float and optionally ``teacher`` (N, 3, Y, X)
+    probabilities (moved with the image, never intensity-jittered).
+    Returns ``(images, semantic, weights)`` or, with a teacher,
+    ``(images, semantic, weights, teacher)``.
     """
     import torch
     from torch.nn import functional as F
 
     n = images.shape[0]
+    n_image_channels = images.shape[1]
+    if teacher is not None:
+        images = torch.cat([images, teacher.to(images)], dim=1)
     out_i, out_s, out_w = [], [], []
     rand = torch.rand(n, 6, generator=generator)
     for k in range(n):
@@ -224,6 +253,8 @@ def augment(images, semantic, weights, generator, elastic: float = 0.5):
         out_s.append(sem)
         out_w.append(wt)
     images, semantic, weights = torch.stack(out_i), torch.stack(out_s), torch.stack(out_w)
+    if teacher is not None:
+        images, teacher = images[:, :n_image_channels], images[:, n_image_channels:]
     # intensity: contrast, brightness, gamma-like curve, noise
     scale = (0.7 + 0.6 * torch.rand(n, 1, 1, 1, generator=generator)).to(images)
     shift = (0.2 * (torch.rand(n, 1, 1, 1, generator=generator) - 0.5)).to(images)
@@ -242,15 +273,21 @@ def augment(images, semantic, weights, generator, elastic: float = 0.5):
         grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
         grid = torch.stack([grid_x, grid_y], dim=-1)[None] + displacement.permute(0, 2, 3, 1)
         images = F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=True)
+        if teacher is not None:
+            teacher = F.grid_sample(teacher, grid, mode="bilinear", padding_mode="reflection", align_corners=True)
         stacked = torch.stack([semantic.to(images.dtype), weights], dim=1)
         stacked = F.grid_sample(stacked, grid, mode="nearest", padding_mode="zeros", align_corners=True)
         semantic, weights = stacked[:, 0].round().long(), stacked[:, 1]
+    if teacher is not None:
+        return images, semantic, weights, teacher
     return images, semantic, weights
 
 
-def weighted_loss(logits, semantic, weights, dice: float = 0.0):
+def weighted_loss(logits, semantic, weights, dice: float = 0.0, teacher=None, distill: float = 0.0):
     """Pixel-weighted cross-entropy (normalised by the weight sum) plus an optional
-    soft Dice over the weighted (reviewed) pixels of the cell and boundary classes."""
+    soft Dice over the weighted (reviewed) pixels of the cell and boundary classes,
+    plus ``distill`` x the mean KL divergence from ``teacher`` (the parent model's
+    probabilities) over the *unreviewed* pixels (weight 0) where a teacher exists."""
     import torch
     from torch.nn import functional as F
 
@@ -266,6 +303,13 @@ def weighted_loss(logits, semantic, weights, dice: float = 0.0):
         denominator = ((probabilities + one_hot) * reviewed[:, None]).sum(dims)
         dice_per_class = (2 * intersection + 1) / (denominator + 1)
         loss = loss + dice * (1 - dice_per_class[1:].mean())
+    if teacher is not None and distill > 0:
+        unreviewed = (weights == 0) & (teacher.sum(dim=1) > 0.5)
+        if unreviewed.any():
+            log_p = F.log_softmax(logits.float(), dim=1)
+            target = teacher.float().clamp_min(1e-6)
+            kl = (target * (target.log() - log_p)).sum(dim=1)
+            loss = loss + distill * (kl * unreviewed).sum() / unreviewed.sum()
     return loss
 
 
@@ -302,24 +346,27 @@ def optimize(network, sampler: "_Sampler", settings: FinetuneSettings, device, t
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
 
     def make_batch():
-        image, semantic, weights = sampler.batch(settings.batch_size)
-        return augment(
-            torch.from_numpy(image), torch.from_numpy(semantic.astype(np.int64)), torch.from_numpy(weights), generator, settings.elastic
+        image, semantic, weights, teacher = sampler.batch(settings.batch_size)
+        augmented = augment(
+            torch.from_numpy(image), torch.from_numpy(semantic.astype(np.int64)), torch.from_numpy(weights), generator, settings.elastic,
+            teacher=None if teacher is None else torch.from_numpy(teacher),
         )
+        return augmented if teacher is not None else (*augmented, None)
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
         pending = pool.submit(make_batch)
         for step in range(start_step, total_steps):
             started = time.perf_counter()
-            images, semantic, weights = pending.result()
+            images, semantic, weights, teacher = pending.result()
             if step + 1 < total_steps:
                 pending = pool.submit(make_batch)
             images, semantic, weights = images.to(device), semantic.to(device), weights.to(device)
+            teacher = None if teacher is None else teacher.to(device)
             for group in optimizer.param_groups:
                 group["lr"] = _lr_at(step, total_steps, settings.learning_rate)
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                 logits = network(images)
-            loss = weighted_loss(logits, semantic, weights, settings.dice)
+            loss = weighted_loss(logits, semantic, weights, settings.dice, teacher, settings.distill)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -488,13 +535,19 @@ def iter_finetune(
     network = tuned.network.to(torch_device).eval()
     samples = []
     for image, label, mask in planes:
-        predicted = None
-        if settings.changed_weight != 1:
-            predicted = predict_probabilities(network, image, device=torch_device).argmax(axis=0).astype(np.uint8)
-        samples.append(prepare_sample(image, label, mask, kind, predicted, settings))
+        distill = settings.distill > 0 and mask is not None and not mask.all()
+        predicted = teacher = None
+        if settings.changed_weight != 1 or distill:
+            probabilities = predict_probabilities(network, image, device=torch_device)
+            predicted = probabilities.argmax(axis=0).astype(np.uint8) if settings.changed_weight != 1 else None
+            teacher = probabilities.astype(np.float16) if distill else None
+        sample = prepare_sample(image, label, mask, kind, predicted, settings)
+        sample.teacher = teacher
+        samples.append(sample)
     before = _reviewed_scores(network, samples, torch_device)
     torch.manual_seed(settings.seed)
     sampler = _Sampler(samples, settings.crop_size, np.random.default_rng(settings.seed))
+    sampler.context_crops = settings.context_crops
     losses = []
     metrics = {}
     for step, loss, _ in optimize(network, sampler, settings, torch_device, int(steps), seed=settings.seed):
@@ -528,7 +581,8 @@ def iter_finetune(
         )
     network.eval()
     final = _snapshot(tuned, model, settings, planes, losses, metrics, before, len(losses), time.perf_counter() - started)
-    if settings.calibrate_postprocess and kind == "instances":
+    n_objects = sum(len(np.unique(label if mask is None else label[mask])) - 1 for _, label, mask in planes) if kind == "instances" else 0
+    if settings.calibrate_postprocess and n_objects >= settings.calibrate_min_objects:
         chosen, table = calibrate_postprocess(network, planes, torch_device, final.config.get("postprocess", {}))
         final.config["postprocess"] = chosen
         final.config["provenance"][-1]["postprocess_calibration"] = table
