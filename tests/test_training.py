@@ -376,7 +376,7 @@ def test_postprocess_calibration_is_recorded(tiny_model, blobs):
     from cellrefine.training import CALIBRATION_GRID
 
     image, labels = blobs
-    tuned = finetune(tiny_model, [image], [labels], steps=2, calibrate_min_objects=1, **FAST)
+    tuned = finetune(tiny_model, [image], [labels], steps=2, **FAST)
     record = tuned.config["provenance"][-1]
     table = record["postprocess_calibration"]
     grid = {(fg, seed) for fg in CALIBRATION_GRID["foreground_threshold"] for seed in CALIBRATION_GRID["seed_threshold"]}
@@ -386,10 +386,11 @@ def test_postprocess_calibration_is_recorded(tiny_model, blobs):
     best = max(f1 for _, _, f1 in table)
     assert [chosen["foreground_threshold"], chosen["seed_threshold"], best] in table
     assert tiny_model.config["postprocess"] == {}
-    # too few reviewed objects to calibrate on: the parent's settings stay
-    n_objects = len(np.unique(labels)) - 1
-    few = finetune(tiny_model, [image], [labels], steps=1, calibrate_min_objects=n_objects + 1, **FAST)
-    assert few.config["postprocess"] == {} and "postprocess_calibration" not in few.config["provenance"][-1]
+    # a partly reviewed plane is calibrated too (against labels + the parent's own instances)
+    partial = np.zeros(labels.shape, bool)
+    partial[: labels.shape[0] // 2] = True
+    sparse = finetune(tiny_model, [image], [labels], masks=[partial], steps=1, **FAST)
+    assert len(sparse.config["provenance"][-1]["postprocess_calibration"]) >= len(grid)
     # switched off, and never for semantic labels
     plain = finetune(tiny_model, [image], [labels], steps=1, calibrate_postprocess=False, **FAST)
     assert plain.config["postprocess"] == {} and "postprocess_calibration" not in plain.config["provenance"][-1]

@@ -15,9 +15,10 @@ import warnings
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["resolve_device", "DEVICES", "autocast_dtype"]
+__all__ = ["resolve_device", "DEVICES", "PRECISIONS", "autocast_dtype", "cpu_bf16_supported", "inference_dtypes"]
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "float32", "bfloat16")
 
 
 @functools.lru_cache(maxsize=None)
@@ -81,3 +82,46 @@ def autocast_dtype(device):
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return None
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_bf16_supported() -> bool:
+    """True when oneDNN runs bfloat16 convolutions natively on this CPU (AVX512-BF16 or AMX)."""
+    import torch
+
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def inference_dtypes(device, precision: str = "auto"):
+    """``(weights_dtype, autocast_dtype)`` for inference on ``device``.
+
+    ``precision="auto"``: bfloat16 weights and activations on CPUs with native
+    bf16 instructions (float32 elsewhere); autocast (``autocast_dtype``) on
+    CUDA. ``"float32"``: full precision everywhere. ``"bfloat16"``: bf16 even
+    where it is emulated (slow on CPUs without native support).
+
+    Raises
+    ------
+    ValueError
+        Unknown precision, or bfloat16 on a CUDA GPU without bf16 support.
+    """
+    import torch
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}.")
+    if precision == "float32":
+        return torch.float32, None
+    if device.type == "cpu":
+        if precision == "bfloat16" or cpu_bf16_supported():
+            return torch.bfloat16, None
+        return torch.float32, None
+    if device.type == "cuda":
+        if precision == "bfloat16":
+            if not torch.cuda.is_bf16_supported():
+                raise ValueError("precision='bfloat16' was requested but this GPU does not support bfloat16; use 'auto' or 'float32'.")
+            return torch.float32, torch.bfloat16
+        return torch.float32, autocast_dtype(device)
+    return torch.float32, (torch.bfloat16 if precision == "bfloat16" else None)

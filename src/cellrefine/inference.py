@@ -10,10 +10,21 @@ whole-image inference up to float rounding, whatever the tile size.
 :func:`iter_segment` is a generator: it yields a :class:`SegmentProgress` after
 every batch of tiles and returns a :class:`Segmentation`; closing it cancels.
 :func:`cellrefine.segment` runs it to the end.
+
+Speed (see docs/benchmarks.md): the network runs as an inference-only copy
+(:class:`~cellrefine.model.unet.InferenceUNet`: BatchNorm folded into the
+convolutions, fused convolution + ReLU, channels-last, bfloat16 on CPUs with
+native bf16), built per call so the user's model is never modified; tiles are
+balanced over each plane (no tile overlaps more than the halo needs); class
+probabilities and the semantic arg-max are written straight into per-plane
+buffers; and for stacks the watershed of plane *k* runs in a worker thread
+while the network predicts plane *k+1*.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import copy
 import dataclasses
 import logging
 import time
@@ -27,6 +38,11 @@ from .postprocess import PostprocessSettings, probabilities_to_instances, relabe
 logger = logging.getLogger(__name__)
 
 __all__ = ["Segmentation", "SegmentProgress", "SegmentationCancelled", "iter_segment", "segment", "predict_probabilities", "default_tile_size"]
+
+#: Post-process plane k in a worker thread while the network predicts plane k+1 (stacks only).
+OVERLAP_POSTPROCESS = True
+#: Largest block of planes (bytes) read at once from a chunked (dask/zarr) array.
+MAX_BLOCK_BYTES = 256 * 2**20
 
 
 class SegmentationCancelled(RuntimeError):
@@ -101,80 +117,149 @@ def _instances_from_probabilities(probabilities_tzcyx, settings: PostprocessSett
 
 
 def _link_stack(instances_tzyx: np.ndarray, settings: PostprocessSettings) -> np.ndarray:
-    """Stitch Z planes per frame, then offset ids so they are unique over T."""
+    """Stitch Z planes per frame, then offset ids so they are unique over T (in place).
+
+    Every plane holds ids 1..n (``probabilities_to_instances``) and
+    ``stitch_planes`` returns ids 1..n, so offsetting is all the relabelling needed.
+    """
     offset = 0
     for t in range(instances_tzyx.shape[0]):
         frame = instances_tzyx[t]
         if frame.shape[0] > 1:
-            frame = stitch_planes(frame, settings.stitch_threshold)
-        frame, n = relabel_sequential(frame, offset=offset + 1)
-        instances_tzyx[t] = frame
+            stitch_planes(frame, settings.stitch_threshold, out=frame)
+        n = int(frame.max()) if frame.size else 0
+        if offset and n:
+            np.add(frame, np.uint32(offset), out=frame, where=frame > 0)
         offset += n
     return instances_tzyx
 
 
 def default_tile_size(device) -> int:
-    """Core tile size (pixels per side) for ``device``: 1024 on CPU/MPS; on CUDA
-    scaled with free memory (2048 with >= 8 GiB free, else 1024)."""
+    """Largest core tile (pixels per side) for ``device``: 2048 on CPU/MPS (a
+    2048² plane is one tile; ~1 GiB of activations in bfloat16); on CUDA scaled
+    with free memory (2048 with >= 8 GiB free, else 1024).
+
+    Planes larger than this are cut into equal tiles no larger than it."""
     if device.type == "cuda":
         import torch
 
         free, _ = torch.cuda.mem_get_info(device)
         return 2048 if free >= 8 * 2**30 else 1024
-    return 1024
+    return 2048
 
 
-def _starts(length: int, tile: int) -> tuple[list, int]:
+def _starts(length: int, tile: int, grid: int = 1) -> tuple[list, int]:
+    """Tile starts and tile length covering ``length`` (a multiple of ``grid``) with
+    as few tiles of at most ``tile`` pixels as possible, all of the same length
+    (a multiple of ``grid``), so no tile overlaps its neighbour by more than needed."""
     if length <= tile:
         return [0], length
-    return list(range(0, length - tile, tile)) + [length - tile], tile
+    count = -(-length // tile)
+    size = min(tile, -(-length // (count * grid)) * grid)
+    return list(range(0, length - size, size)) + [length - size], size
 
 
-def iter_tiles(network, plane: np.ndarray, tile_size: int, device, batch_size: int = 1) -> Iterator:
+def _tile_layout(height: int, width: int, tile_size: int, grid: int):
+    """``(starts_y, tile_h, starts_x, tile_w, padded_h, padded_w)`` for a plane."""
+    tile_size = max(grid, int(np.ceil(tile_size / grid) * grid))
+    padded_h, padded_w = (int(np.ceil(n / grid) * grid) for n in (height, width))
+    starts_y, tile_h = _starts(padded_h, tile_size, grid)
+    starts_x, tile_w = _starts(padded_w, tile_size, grid)
+    return starts_y, tile_h, starts_x, tile_w, padded_h, padded_w
+
+
+def _inference_network(network, device, precision: str = "auto"):
+    """``(network to call, autocast dtype or None)`` for inference on ``device``.
+
+    A plain :class:`UNet` gets an :class:`InferenceUNet` copy (folded
+    BatchNorm, fused convolution + ReLU, channels-last, bf16 where the CPU
+    has it), built in a few milliseconds; the network passed in is never
+    modified. Other networks (subclasses with their own ``forward``, or a
+    patched ``forward``) run as they are, under autocast when bf16 is chosen;
+    they are copied to ``device`` if they live elsewhere.
+    """
+    import torch
+
+    from .device import inference_dtypes
+    from .model.unet import InferenceUNet, UNet
+
+    weights_dtype, amp = inference_dtypes(device, precision)
+    if isinstance(network, InferenceUNet):
+        return network, amp
+    if isinstance(network, UNet) and type(network).forward is UNet.forward and "forward" not in vars(network):
+        return InferenceUNet(network, device=device, dtype=weights_dtype), amp
+    if amp is None and weights_dtype != torch.float32:
+        amp = weights_dtype
+    tensors = list(network.parameters()) + list(network.buffers())
+    if tensors and tensors[0].device != device:
+        network = copy.deepcopy(network).to(device).eval()
+    return network, amp
+
+
+def _predict_plane(network, amp, plane: np.ndarray, tile_size: int, device, batch_size: int, out: np.ndarray, semantic: np.ndarray | None = None):
+    """Generator over batches of tiles of one (C, Y, X) plane; yields ``(done, total)``.
+
+    Writes the class probabilities into ``out`` ((n_classes, Y, X) float32)
+    and, if given, their arg-max into ``semantic`` ((Y, X) uint8).
+    """
+    import torch
+
+    grid, halo = network.grid, network.halo
+    _, height, width = plane.shape
+    starts_y, tile_h, starts_x, tile_w, padded_h, padded_w = _tile_layout(height, width, tile_size, grid)
+    padded = np.pad(plane, ((0, 0), (halo, halo + padded_h - height), (halo, halo + padded_w - width)), mode="reflect")
+    tiles = [(y, x) for y in starts_y for x in starts_x]
+    out_t = torch.from_numpy(out)
+    semantic_t = None if semantic is None else torch.from_numpy(semantic)
+    for first in range(0, len(tiles), batch_size):
+        batch = tiles[first : first + batch_size]
+        if len(batch) == 1:
+            y, x = batch[0]
+            inputs = padded[None, :, y : y + tile_h + 2 * halo, x : x + tile_w + 2 * halo]
+        else:
+            inputs = np.stack([padded[:, y : y + tile_h + 2 * halo, x : x + tile_w + 2 * halo] for y, x in batch])
+        with torch.inference_mode(), torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            logits = network(torch.from_numpy(inputs).to(device))
+            probabilities = logits[:, :, halo : halo + tile_h, halo : halo + tile_w].float().softmax(dim=1)
+            labels = probabilities.argmax(dim=1).to(torch.uint8) if semantic is not None else None
+            probabilities, labels = probabilities.cpu(), (None if labels is None else labels.cpu())
+            for k, (y, x) in enumerate(batch):
+                rows, cols = min(tile_h, height - y), min(tile_w, width - x)
+                out_t[:, y : y + rows, x : x + cols] = probabilities[k, :, :rows, :cols]
+                if labels is not None:
+                    semantic_t[y : y + rows, x : x + cols] = labels[k, :rows, :cols]
+            del logits, probabilities, labels
+        yield first + len(batch), len(tiles)
+
+
+def iter_tiles(network, plane: np.ndarray, tile_size: int, device, batch_size: int = 1, precision: str = "auto") -> Iterator:
     """Generator over batches of tiles of one plane; yields ``(done, total)`` and
     returns the (n_classes, Y, X) float32 probabilities.
 
     Parameters
     ----------
     network : UNet
-        In eval mode, on ``device``.
+        Any UNet (never modified; see :func:`_inference_network`).
     plane : (C, Y, X) float32
         Normalised image.
     tile_size : int
-        Core size per side (rounded up to the network's grid).
+        Largest core size per side (rounded up to the network's grid); the
+        plane is cut into equal tiles no larger than this.
+    precision : {"auto", "float32", "bfloat16"}
+        See :func:`cellrefine.device.inference_dtypes`.
     """
-    import torch
-
-    from .device import autocast_dtype
-
-    grid, halo = network.grid, network.halo
-    tile_size = max(grid, int(np.ceil(tile_size / grid) * grid))
-    _, height, width = plane.shape
-    padded_h, padded_w = (int(np.ceil(n / grid) * grid) for n in (height, width))
-    padded = np.pad(plane, ((0, 0), (halo, halo + padded_h - height), (halo, halo + padded_w - width)), mode="reflect")
-    starts_y, tile_h = _starts(padded_h, tile_size)
-    starts_x, tile_w = _starts(padded_w, tile_size)
-    tiles = [(y, x) for y in starts_y for x in starts_x]
-    out = np.empty((network.out_channels, padded_h, padded_w), np.float32)
-    amp = autocast_dtype(device)
-    for first in range(0, len(tiles), batch_size):
-        batch = tiles[first : first + batch_size]
-        inputs = np.stack([padded[:, y : y + tile_h + 2 * halo, x : x + tile_w + 2 * halo] for y, x in batch])
-        with torch.inference_mode(), torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-            logits = network(torch.from_numpy(inputs).to(device))
-            probabilities = logits.float().softmax(dim=1)[:, :, halo : halo + tile_h, halo : halo + tile_w].cpu().numpy()
-        for (y, x), tile in zip(batch, probabilities):
-            out[:, y : y + tile_h, x : x + tile_w] = tile
-        yield first + len(batch), len(tiles)
-    return out[:, :height, :width]
+    network, amp = _inference_network(network, device, precision)
+    out = np.empty((network.out_channels,) + plane.shape[1:], np.float32)
+    yield from _predict_plane(network, amp, plane, tile_size, device, batch_size, out)
+    return out
 
 
-def predict_probabilities(network, plane: np.ndarray, tile_size: int = 1024, device=None, batch_size: int = 1) -> np.ndarray:
+def predict_probabilities(network, plane: np.ndarray, tile_size: int = 2048, device=None, batch_size: int = 1, precision: str = "auto") -> np.ndarray:
     """Class probabilities of one normalised (C, Y, X) plane by overlap-tile inference."""
     import torch
 
     device = device or next(network.parameters()).device
-    generator = iter_tiles(network, np.asarray(plane, np.float32), tile_size, torch.device(device), batch_size)
+    generator = iter_tiles(network, np.asarray(plane, np.float32), tile_size, torch.device(device), batch_size, precision)
     while True:
         try:
             next(generator)
@@ -197,6 +282,47 @@ def _check_image(image):
     return image
 
 
+class _LazyView:
+    """(T, Z, C, Y, X) view of an array that has numpy-style indexing but no
+    ``transpose``/``reshape`` (zarr, h5py): indexing reads only what is asked for."""
+
+    def __init__(self, array, axes: str):
+        self.array = array
+        self.axes = axes
+        self.dtype = np.dtype(array.dtype)
+        self.shape = tuple(int(array.shape[axes.index(a)]) if a in axes else 1 for a in "TZCYX")
+        self.ndim = 5
+        chunks = getattr(array, "chunks", None)
+        self.chunks = None
+        if chunks is not None and len(chunks) == len(axes) and all(isinstance(c, (int, np.integer)) for c in chunks):
+            self.chunks = tuple(_regular_chunks(self.shape[k], int(chunks[axes.index(a)]) if a in axes else 1) for k, a in enumerate("TZCYX"))
+
+    def __getitem__(self, key) -> np.ndarray:
+        if not isinstance(key, tuple):
+            key = (key,)
+        key = key + (slice(None),) * (5 - len(key))
+        index, keep = [], []
+        for a in self.axes:
+            item = key["TZCYX".index(a)]
+            index.append(item)
+            if not isinstance(item, (int, np.integer)):
+                keep.append(a)
+        data = np.asarray(self.array[tuple(index)])
+        present = [a for a in "TZCYX" if a in keep]
+        data = np.transpose(data, [keep.index(a) for a in present]) if keep != present else data
+        shape = []
+        for k, a in enumerate("TZCYX"):
+            if isinstance(key[k], (int, np.integer)):
+                continue
+            shape.append(data.shape[present.index(a)] if a in present else 1)
+        return data.reshape(shape)
+
+
+def _regular_chunks(length: int, chunk: int) -> tuple:
+    chunk = max(1, min(chunk, length))
+    return tuple(min(chunk, length - start) for start in range(0, length, chunk))
+
+
 class PlaneReader:
     """Reads normalised (C, Y, X) float32 planes of an image for a model.
 
@@ -204,13 +330,19 @@ class PlaneReader:
     strided subsample; see :mod:`cellrefine.normalize`). For a one-channel
     model, colour/multichannel images are averaged over their channels (alpha
     dropped) before normalisation. Planes are read one at a time, so dask and
-    zarr arrays are never loaded whole.
+    zarr arrays are never loaded whole; when such an array is chunked over
+    several planes (T or Z), the block of planes of one chunk (at most
+    ``MAX_BLOCK_BYTES``) is read once and kept until its last plane is used,
+    so each chunk is computed/decompressed once rather than once per plane.
     """
 
     def __init__(self, image, axes: str, model):
         from .normalize import _subsample, percentile_range
 
-        self.view = to_tzcyx(image, axes)
+        if isinstance(image, np.ndarray) or (hasattr(image, "transpose") and hasattr(image, "reshape")):
+            self.view = to_tzcyx(image, axes)
+        else:
+            self.view = _LazyView(image, axes)
         n_t, n_z, n_c, height, width = self.view.shape
         self.shape = (n_t, n_z, height, width)
         self.in_channels = model.network.in_channels
@@ -222,6 +354,35 @@ class PlaneReader:
         low, high = float(norm.get("low_percentile", 1.0)), float(norm.get("high_percentile", 99.8))
         self.lo, hi = percentile_range(self._grey(_subsample(self.view)), low, high)
         self.scale = np.float32(1.0 / (hi - self.lo)) if hi > self.lo else np.float32(0.0)
+        self._block = None  # (t range, z range, array) of the planes read together
+        self._plane_chunks = self._chunk_bounds()
+
+    def _chunk_bounds(self):
+        """(T chunk starts, Z chunk starts) when the array is chunked over several planes, else None."""
+        if isinstance(self.view, np.ndarray):
+            return None
+        chunks = getattr(self.view, "chunks", None)
+        if not chunks or len(chunks) != 5 or not all(isinstance(c, tuple) for c in chunks[:2]):
+            return None
+        if max(chunks[0]) == 1 and max(chunks[1]) == 1:
+            return None
+        plane_bytes = int(np.prod(self.view.shape[2:])) * np.dtype(self.view.dtype).itemsize
+        if max(chunks[0]) * max(chunks[1]) * plane_bytes > MAX_BLOCK_BYTES:
+            return None
+        return tuple(np.cumsum((0,) + tuple(int(c) for c in axis_chunks)) for axis_chunks in chunks[:2])
+
+    def _raw(self, t: int, z: int) -> np.ndarray:
+        if self._plane_chunks is None:
+            return np.asarray(self.view[t, z])
+        block = self._block
+        if block is None or not (block[0][0] <= t < block[0][1] and block[1][0] <= z < block[1][1]):
+            bounds = []
+            for index, starts in zip((t, z), self._plane_chunks):
+                k = int(np.searchsorted(starts, index, side="right")) - 1
+                bounds.append((int(starts[k]), int(starts[k + 1])))
+            (t0, t1), (z0, z1) = bounds
+            self._block = block = (bounds[0], bounds[1], np.asarray(self.view[t0:t1, z0:z1]))
+        return block[2][t - block[0][0], z - block[1][0]]
 
     def _grey(self, array) -> np.ndarray:
         array = np.asarray(array)
@@ -232,12 +393,20 @@ class PlaneReader:
 
     def plane(self, t: int, z: int) -> np.ndarray:
         """The normalised (C, Y, X) float32 plane at (t, z)."""
-        plane = self._grey(self.view[t, z])
+        plane = self._grey(self._raw(t, z))
         if self.check_finite and not np.isfinite(plane).all():
             raise ValueError(
                 f"image plane (t={t}, z={z}) contains NaN or infinite values; replace them first, e.g. np.nan_to_num(image), or crop them out."
             )
-        return (plane.astype(np.float32) - np.float32(self.lo)) * self.scale
+        # one float32 array, scaled in place (a plane that is a view of the caller's data is copied first)
+        out = plane.astype(np.float32, copy=plane.dtype != np.float32 or plane.base is not None or not plane.flags.writeable)
+        out -= np.float32(self.lo)
+        out *= self.scale
+        return out
+
+
+def _postprocess_plane(probabilities: np.ndarray, instances: np.ndarray, settings: PostprocessSettings) -> None:
+    instances[...] = probabilities_to_instances(probabilities, settings)
 
 
 def iter_segment(
@@ -251,6 +420,7 @@ def iter_segment(
     return_probabilities: bool = False,
     postprocess: PostprocessSettings | dict | None = None,
     planes=None,
+    precision: str = "auto",
 ):
     """Generator form of :func:`cellrefine.segment`: yields :class:`SegmentProgress`
     after every batch of tiles, returns the :class:`Segmentation`.
@@ -259,9 +429,7 @@ def iter_segment(
     (the others stay background) — used to segment only the current slice.
     See :func:`cellrefine.segment` for the other parameters.
     """
-    import torch
-
-    from .device import resolve_device
+    from .device import inference_dtypes, resolve_device
     from .model.io import Model, load_model
 
     image = _check_image(image)
@@ -274,9 +442,7 @@ def iter_segment(
         postprocess = PostprocessSettings(**postprocess)
     settings = (postprocess or PostprocessSettings(**model.config.get("postprocess", {}))).validate()
     torch_device = resolve_device(device)
-    network = model.network.to(torch_device).eval()
-    if torch_device.type == "cpu":
-        network = network.to(memory_format=torch.channels_last)
+    inference_dtypes(torch_device, precision)  # validates precision before any work
     tile_size = tile_size or default_tile_size(torch_device)
     batch_size = batch_size or (4 if torch_device.type == "cuda" else 1)
 
@@ -286,43 +452,61 @@ def iter_segment(
     for t, z in plane_list:
         if not (0 <= t < n_t and 0 <= z < n_z):
             raise ValueError(f"plane index {(t, z)} is outside the stack (T={n_t}, Z={n_z}).")
-    grid = network.grid
-    tile_core = max(grid, int(np.ceil(tile_size / grid) * grid))
-    tiles_per_plane = len(_starts(int(np.ceil(height / grid) * grid), tile_core)[0]) * len(_starts(int(np.ceil(width / grid) * grid), tile_core)[0])
+    network, amp = _inference_network(model.network, torch_device, precision)
+    starts_y, _, starts_x, _, _, _ = _tile_layout(height, width, tile_size, network.grid)
+    tiles_per_plane = len(starts_y) * len(starts_x)
     total = tiles_per_plane * len(plane_list)
 
     semantic = np.zeros((n_t, n_z, height, width), np.uint8)
     instances = np.zeros((n_t, n_z, height, width), np.uint32)
-    probabilities = np.zeros((n_t, n_z, 3, height, width), np.float16) if return_probabilities else None
+    probabilities = np.zeros((3, n_t, n_z, height, width), np.float16) if return_probabilities else None
     started = time.perf_counter()
     done = 0
-    for t, z in plane_list:
-        plane = reader.plane(t, z)
-        generator = iter_tiles(network, plane, tile_core, torch_device, batch_size)
-        while True:
-            try:
-                tiles_done, _ = next(generator)
-            except StopIteration as stop:
-                plane_probabilities = stop.value
-                break
-            yield SegmentProgress(done + tiles_done, total, (t, z), time.perf_counter() - started)
-        done += tiles_per_plane
-        semantic[t, z] = plane_probabilities.argmax(axis=0)
-        instances[t, z] = probabilities_to_instances(plane_probabilities, settings)
-        if probabilities is not None:
-            probabilities[t, z] = plane_probabilities
+    pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="cellrefine-postprocess") if OVERLAP_POSTPROCESS and len(plane_list) > 1 else None
+    pending = None
+    try:
+        for t, z in plane_list:
+            plane_probabilities = np.empty((network.out_channels, height, width), np.float32)
+            generator = _predict_plane(network, amp, reader.plane(t, z), tile_size, torch_device, batch_size, plane_probabilities, semantic[t, z])
+            for tiles_done, _ in generator:
+                yield SegmentProgress(done + tiles_done, total, (t, z), time.perf_counter() - started)
+            done += tiles_per_plane
+            if probabilities is not None:
+                probabilities[:, t, z] = plane_probabilities
+            if pending is not None:
+                pending.result()
+                pending = None
+            if pool is None:
+                _postprocess_plane(plane_probabilities, instances[t, z], settings)
+            else:
+                pending = pool.submit(_postprocess_plane, plane_probabilities, instances[t, z], settings)
+            del plane_probabilities
+        if pending is not None:
+            pending.result()
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True)
     instances = _link_stack(instances, settings)
     out_axes = "".join(a for a in axes if a != "C")
     if probabilities is not None:
-        probabilities = np.stack([from_tzyx(probabilities[:, :, k], axes) for k in range(probabilities.shape[2])])
+        probabilities = _classes_first(probabilities, axes)
     return Segmentation(
         semantic=np.ascontiguousarray(from_tzyx(semantic, axes)),
         instances=np.ascontiguousarray(from_tzyx(instances, axes)),
-        probabilities=None if probabilities is None else np.ascontiguousarray(probabilities),
+        probabilities=probabilities,
         axes=out_axes,
         device=str(torch_device),
         settings=settings,
     )
+
+
+def _classes_first(probabilities_ctzyx: np.ndarray, axes: str) -> np.ndarray:
+    """(n_classes, T, Z, Y, X) → (n_classes, *spatial shape in the input's axis order), without a copy when the order allows."""
+    target = [a for a in axes if a != "C"]
+    kept = [a for a in "TZYX" if a in target]
+    if target == kept:
+        return probabilities_ctzyx.reshape((probabilities_ctzyx.shape[0],) + tuple(probabilities_ctzyx.shape[1 + "TZYX".index(a)] for a in kept))
+    return np.ascontiguousarray(np.stack([from_tzyx(p, axes) for p in probabilities_ctzyx]))
 
 
 def segment(image, model=None, axes: str | None = None, device="auto", progress=None, **kwargs) -> Segmentation:
@@ -343,9 +527,16 @@ def segment(image, model=None, axes: str | None = None, device="auto", progress=
         ``False`` cancels with :class:`SegmentationCancelled`. An object with
         ``update(n)`` (tqdm) is advanced instead.
     tile_size : int, optional
-        Core tile size in pixels (default by device); memory stays bounded by it.
+        Largest core tile size in pixels (default by device, see
+        :func:`default_tile_size`); planes are cut into equal tiles no larger
+        than this, and memory stays bounded by it.
     batch_size : int, optional
         Tiles per forward pass.
+    precision : {"auto", "float32", "bfloat16"}
+        ``"auto"`` runs the network in bfloat16 on CPUs with native bf16
+        instructions (object F1 on the nuclei validation set unchanged, see
+        docs/benchmarks.md) and under autocast on CUDA; ``"float32"`` forces
+        full precision.
     return_probabilities : bool
         Keep per-class probabilities (float16) for display and re-thresholding.
     postprocess : PostprocessSettings or dict, optional

@@ -27,7 +27,7 @@ import dataclasses
 import numpy as np
 from scipy import ndimage as ndi
 
-__all__ = ["PostprocessSettings", "probabilities_to_instances", "stitch_planes", "relabel_sequential"]
+__all__ = ["PostprocessSettings", "probabilities_to_instances", "seeded_watershed", "stitch_planes", "relabel_sequential"]
 
 
 @dataclasses.dataclass
@@ -55,15 +55,30 @@ class PostprocessSettings:
 
 
 def relabel_sequential(instances: np.ndarray, offset: int = 1) -> tuple[np.ndarray, int]:
-    """Relabel non-zero ids to ``offset, offset+1, ...`` (in place is never done).
+    """Relabel non-zero ids to ``offset, offset+1, ...`` in increasing order of the old ids.
 
-    Returns the new uint32 image and the number of objects.
+    Returns a new uint32 image (the input is never modified) and the number of objects.
     """
-    ids = np.unique(instances)
-    ids = ids[ids != 0]
-    lookup = np.zeros(int(instances.max()) + 1 if instances.size else 1, np.uint32)
+    instances = np.asarray(instances)
+    ids = _present_ids(instances)
+    lookup = np.zeros(int(ids[-1]) + 1 if len(ids) else 1, np.uint32)
     lookup[ids] = np.arange(offset, offset + len(ids), dtype=np.uint32)
     return lookup[instances], len(ids)
+
+
+def _present_ids(instances: np.ndarray) -> np.ndarray:
+    """Sorted non-zero ids of a label image (a bincount when the ids are small, else np.unique)."""
+    if instances.size == 0:
+        return np.zeros(0, np.int64)
+    if instances.dtype.kind == "b":
+        instances = instances.view(np.uint8)
+    if instances.dtype.kind in "iu" and (instances.dtype.kind == "u" or instances.min() >= 0):
+        top = int(instances.max())
+        if top <= 4 * instances.size + 1024:
+            ids = np.flatnonzero(np.bincount(instances.ravel(), minlength=top + 1))
+            return ids[ids != 0]
+    ids = np.unique(instances)
+    return ids[ids != 0]
 
 
 def probabilities_to_instances(probabilities: np.ndarray, settings: PostprocessSettings | None = None, **overrides) -> np.ndarray:
@@ -82,8 +97,6 @@ def probabilities_to_instances(probabilities: np.ndarray, settings: PostprocessS
     instances : (Y, X) uint32
         0 = background, objects 1..n.
     """
-    from skimage.segmentation import watershed
-
     settings = dataclasses.replace(settings or PostprocessSettings(), **overrides).validate()
     probabilities = np.asarray(probabilities)
     if probabilities.ndim != 3 or probabilities.shape[0] != 3:
@@ -100,18 +113,38 @@ def probabilities_to_instances(probabilities: np.ndarray, settings: PostprocessS
         small[0] = False
         if small.any():
             seeds[small[seeds]] = 0
-    instances = watershed(boundary, markers=seeds, mask=foreground)
-    if settings.min_size > 0:
-        sizes = np.bincount(instances.ravel())
-        small = sizes < settings.min_size
-        small[0] = False
-        if small.any():
-            instances[small[instances]] = 0
-    instances, _ = relabel_sequential(instances)
-    return instances
+    instances = seeded_watershed(boundary, seeds, foreground)
+    # drop objects below min_size and relabel 1..n in one lookup
+    sizes = np.bincount(instances.ravel())
+    keep = sizes >= max(int(settings.min_size), 1)
+    keep[0] = False
+    lookup = np.zeros(len(sizes), np.uint32)
+    lookup[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.uint32)
+    return lookup[instances]
 
 
-def stitch_planes(instances: np.ndarray, threshold: float = 0.25) -> np.ndarray:
+def seeded_watershed(image: np.ndarray, seeds: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``skimage.segmentation.watershed(image, markers=seeds, mask=mask)`` (4-connected), faster.
+
+    ``seeds`` must be labelled with 4-connectivity (``ndi.label``'s default), so
+    that every seed pixel whose four neighbours are all seed pixels lies inside
+    one seed. Such interior pixels can never label a neighbour, so they are
+    left out of the priority queue (masked) and copied back afterwards; the
+    flooding itself is skimage's. On nuclei-like images this halves the time.
+    """
+    from skimage.segmentation import watershed
+
+    seeded = seeds > 0
+    interior = ndi.binary_erosion(seeded, border_value=1)
+    if not interior.any():
+        return watershed(image, markers=seeds, mask=mask)
+    markers = np.where(interior, 0, seeds)
+    out = watershed(image, markers=markers, mask=mask & ~interior)
+    out[interior] = seeds[interior]
+    return out
+
+
+def stitch_planes(instances: np.ndarray, threshold: float = 0.25, out: np.ndarray | None = None) -> np.ndarray:
     """Link per-plane instances of a (Z, Y, X) stack into 3D objects.
 
     Parameters
@@ -120,44 +153,53 @@ def stitch_planes(instances: np.ndarray, threshold: float = 0.25) -> np.ndarray:
         Independent labels per plane (ids may repeat between planes).
     threshold : float
         Minimum IoU for an object to continue one on the previous plane.
+    out : (Z, Y, X) uint32 array, optional
+        Where to write the result; may be ``instances`` itself (each plane is
+        read before it is overwritten), which avoids a second stack in memory.
 
     Returns
     -------
     (Z, Y, X) uint32
-        Ids unique over the stack; linked objects share an id.
+        Ids 1..n unique over the stack; linked objects share an id.
     """
     instances = np.asarray(instances)
     if instances.ndim != 3:
         raise ValueError(f"stitch_planes expects a (Z, Y, X) stack, got shape {instances.shape}.")
     if not 0 < threshold <= 1:
         raise ValueError(f"stitch threshold must be in (0, 1], got {threshold}.")
-    out = np.zeros(instances.shape, np.uint32)
+    if out is None:
+        out = np.zeros(instances.shape, np.uint32)
+    elif out.shape != instances.shape or out.dtype != np.uint32:
+        raise ValueError(f"out must be a uint32 array of shape {instances.shape}, got {out.dtype} {out.shape}.")
     next_id = 1
     previous = None
-    for z, plane in enumerate(instances):
-        plane, n = relabel_sequential(plane)
+    for z in range(instances.shape[0]):
+        plane, n = relabel_sequential(instances[z])
         mapping = np.zeros(n + 1, np.uint32)
         if previous is not None and n and previous.any():
             both = (plane > 0) & (previous > 0)
-            pairs, overlap = np.unique(np.stack([plane[both], previous[both]]).astype(np.int64), axis=1, return_counts=True)
-            area_new = np.bincount(plane.ravel(), minlength=n + 1)
-            prev_ids, prev_areas = np.unique(previous, return_counts=True)
-            area_prev = dict(zip(prev_ids.tolist(), prev_areas.tolist()))
-            iou = overlap / (area_new[pairs[0]] + np.array([area_prev[p] for p in pairs[1]]) - overlap)
-            taken = set()
-            for k in np.argsort(-iou, kind="stable"):
-                if iou[k] < threshold:
-                    break
-                new, old = int(pairs[0, k]), int(pairs[1, k])
-                if mapping[new] or old in taken:
-                    continue
-                mapping[new] = old
-                taken.add(old)
-        for new in range(1, n + 1):
-            if not mapping[new]:
-                mapping[new] = next_id
-                next_id += 1
+            new_ids = plane[both].astype(np.int64)
+            old_ids = previous[both].astype(np.int64)
+            if new_ids.size:
+                stride = int(old_ids.max()) + 1
+                keys, overlap = np.unique(new_ids * stride + old_ids, return_counts=True)  # sorted by (new, old)
+                pairs = np.stack([keys // stride, keys % stride])
+                area_new = np.bincount(plane.ravel(), minlength=n + 1)
+                area_prev = np.bincount(previous.ravel())
+                iou = overlap / (area_new[pairs[0]] + area_prev[pairs[1]] - overlap)
+                taken = set()
+                for k in np.argsort(-iou, kind="stable"):
+                    if iou[k] < threshold:
+                        break
+                    new, old = int(pairs[0, k]), int(pairs[1, k])
+                    if mapping[new] or old in taken:
+                        continue
+                    mapping[new] = old
+                    taken.add(old)
+        fresh = np.flatnonzero(mapping[1:] == 0) + 1
+        mapping[fresh] = np.arange(next_id, next_id + len(fresh), dtype=np.uint32)
+        next_id += len(fresh)
         out[z] = mapping[plane]
         previous = out[z]
-        next_id = max(next_id, int(out[z].max()) + 1)
+        next_id = max(next_id, int(mapping.max()) + 1)
     return out

@@ -79,7 +79,6 @@ class FinetuneSettings:
     seed: int = 0
     validate_every: int = 25
     calibrate_postprocess: bool = True  # re-pick watershed thresholds on the training planes
-    calibrate_min_objects: int = 10  # ... only when they hold at least this many reviewed objects
 
     def validate(self) -> "FinetuneSettings":
         """Raise ValueError naming the first invalid setting; return self."""
@@ -581,9 +580,9 @@ def iter_finetune(
         )
     network.eval()
     final = _snapshot(tuned, model, settings, planes, losses, metrics, before, len(losses), time.perf_counter() - started)
-    n_objects = sum(len(np.unique(label if mask is None else label[mask])) - 1 for _, label, mask in planes) if kind == "instances" else 0
-    if settings.calibrate_postprocess and n_objects >= settings.calibrate_min_objects:
-        chosen, table = calibrate_postprocess(network, planes, torch_device, final.config.get("postprocess", {}))
+    if settings.calibrate_postprocess and kind == "instances":
+        teachers = [sample.teacher for sample in samples]
+        chosen, table = calibrate_postprocess(network, planes, torch_device, final.config.get("postprocess", {}), teachers)
         final.config["postprocess"] = chosen
         final.config["provenance"][-1]["postprocess_calibration"] = table
     final.network.to(torch_device)
@@ -593,15 +592,19 @@ def iter_finetune(
 CALIBRATION_GRID = {"foreground_threshold": (0.5, 0.6, 0.7, 0.8), "seed_threshold": (0.6, 0.7, 0.8)}
 
 
-def calibrate_postprocess(network, planes, device, current: dict) -> tuple[dict, list]:
+def calibrate_postprocess(network, planes, device, current: dict, teachers=None) -> tuple[dict, list]:
     """Pick the watershed thresholds that best reproduce the training labels.
 
     Fine-tuning changes how confident the network is, so the parent's
     thresholds may no longer fit. For every (foreground, seed) pair of
     :data:`CALIBRATION_GRID` the training planes are post-processed (the
     network runs once per plane) and scored by mean object F1 over IoU
-    0.5...0.9 against the labels, both restricted to the reviewed mask. Ties
-    keep the current setting.
+    0.5...0.9 against a reference: the user's labels on reviewed pixels and,
+    on unreviewed pixels of planes with a ``teacher`` (the parent's
+    probabilities), the parent's own instances with the current thresholds,
+    which the fine-tune was asked to keep. Without a teacher, prediction and
+    labels are both restricted to the reviewed mask. Ties keep the current
+    setting.
 
     Returns
     -------
@@ -614,10 +617,19 @@ def calibrate_postprocess(network, planes, device, current: dict) -> tuple[dict,
     from .postprocess import PostprocessSettings, probabilities_to_instances
 
     base = PostprocessSettings(**current)
+    teachers = teachers or [None] * len(planes)
     cached = []
-    for image, label, mask in planes:
+    for (image, label, mask), teacher in zip(planes, teachers):
         probabilities = predict_probabilities(network, image, device=device)
-        truth = np.asarray(label) if mask is None else np.where(mask, label, 0)
+        label = np.asarray(label).astype(np.int64)
+        if mask is None:
+            truth = label
+        elif teacher is not None:
+            parent = probabilities_to_instances(teacher.astype(np.float32), base).astype(np.int64)
+            truth = np.where(mask, label, np.where(parent > 0, parent + label.max(), 0))
+            mask = None  # score the whole plane
+        else:
+            truth = np.where(mask, label, 0)
         cached.append((probabilities, truth, mask))
     table = []
     best, best_score = base, -1.0

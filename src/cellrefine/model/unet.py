@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["UNet", "NORMALIZATIONS"]
+__all__ = ["UNet", "InferenceUNet", "NORMALIZATIONS"]
 
 NORMALIZATIONS = ("batch", "group", "instance", "none")
 
@@ -162,11 +162,7 @@ class UNet(nn.Module):
                 f"(input shape {tuple(x.shape)}); convert the image or use a matching model."
             )
         height, width = x.shape[-2:]
-        pad_y = (-height) % self.grid
-        pad_x = (-width) % self.grid
-        if pad_y or pad_x:
-            mode = "reflect" if height > pad_y and width > pad_x else "replicate"
-            x = F.pad(x, (0, pad_x, 0, pad_y), mode=mode)
+        x, pad_y, pad_x = _pad_to_grid(x, self.grid)
         skips = []
         for encoder in self.encoders:
             x = encoder(x)
@@ -175,6 +171,151 @@ class UNet(nn.Module):
         x = self.bottleneck(x)
         for upsample, decoder, skip in zip(self.upsamplers, self.decoders, reversed(skips)):
             x = decoder(torch.cat([skip, upsample(x)], dim=1))
+        x = self.head(x)
+        if pad_y or pad_x:
+            x = x[..., :height, :width]
+        return x
+
+    def for_inference(self, device=None, dtype=None) -> "InferenceUNet":
+        """A fast, inference-only copy of this network (see :class:`InferenceUNet`).
+
+        The network itself is never modified.
+        """
+        return InferenceUNet(self, device=device, dtype=dtype)
+
+
+def _pad_to_grid(x: torch.Tensor, grid: int) -> tuple[torch.Tensor, int, int]:
+    """Pad the last two axes up to a multiple of ``grid`` (reflect, or replicate when too small)."""
+    height, width = x.shape[-2:]
+    pad_y = (-height) % grid
+    pad_x = (-width) % grid
+    if pad_y or pad_x:
+        mode = "reflect" if height > pad_y and width > pad_x else "replicate"
+        x = F.pad(x, (0, pad_x, 0, pad_y), mode=mode)
+    return x, pad_y, pad_x
+
+
+def _fold_batchnorm(conv: nn.Conv2d, norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weight and bias of ``norm(conv(x))`` as one convolution (BatchNorm with its running statistics)."""
+    weight = conv.weight.detach().double()
+    bias = conv.bias.detach().double() if conv.bias is not None else torch.zeros(conv.out_channels, dtype=torch.float64, device=weight.device)
+    if isinstance(norm, nn.BatchNorm2d):
+        scale = torch.ones_like(norm.running_var, dtype=torch.float64) if norm.weight is None else norm.weight.detach().double()
+        shift = torch.zeros_like(scale) if norm.bias is None else norm.bias.detach().double()
+        scale = scale / torch.sqrt(norm.running_var.double() + norm.eps)
+        weight = weight * scale[:, None, None, None]
+        bias = (bias - norm.running_mean.double()) * scale + shift
+    return weight.float(), bias.float()
+
+
+def _mkldnn_fused_conv():
+    """``torch.ops.mkldnn._convolution_pointwise`` (convolution + ReLU in one oneDNN call) if this build has it."""
+    try:
+        op = torch.ops.mkldnn._convolution_pointwise
+    except (AttributeError, RuntimeError):
+        return None
+    return op if torch.backends.mkldnn.is_available() else None
+
+
+class _ConvReLU(nn.Module):
+    """3x3 convolution (+ folded BatchNorm) + ReLU; one fused oneDNN call on the CPU when available."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, relu: bool = True):
+        super().__init__()
+        self.register_buffer("weight", weight)
+        self.register_buffer("bias", bias)
+        self.relu = relu
+        self.padding = [weight.shape[-1] // 2] * 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        op = _MKLDNN_CONV if x.device.type == "cpu" and x.dtype == self.weight.dtype else None
+        if op is not None:
+            return op(x, self.weight, self.bias, self.padding, [1, 1], [1, 1], 1, "relu" if self.relu else "none", [], "")
+        y = F.conv2d(x, self.weight, self.bias, padding=self.padding)
+        return torch.relu_(y) if self.relu else y
+
+
+_MKLDNN_CONV = _mkldnn_fused_conv()
+
+
+class InferenceUNet(nn.Module):
+    """Inference-only copy of a :class:`UNet`: same outputs, fewer memory passes.
+
+    * BatchNorm (running statistics, i.e. evaluation mode) is folded into the
+      preceding convolution, and each convolution + ReLU is one call
+      (a fused oneDNN primitive on the CPU);
+    * weights are stored channels-last, optionally in ``dtype`` (bfloat16 on
+      CPUs with native bf16 instructions); inputs are converted on entry and
+      the logits come back in that dtype;
+    * skip connections are released as soon as they are used.
+
+    Networks with GroupNorm/InstanceNorm keep their (copied) normalisation
+    layers, which cannot be folded. The source network is never modified;
+    build a new copy after changing its weights.
+
+    Parameters
+    ----------
+    network : UNet
+    device : torch.device or str, optional
+        Where the copy lives (default: where ``network`` is).
+    dtype : torch.dtype, optional
+        Weight/activation dtype (default float32).
+    """
+
+    def __init__(self, network: UNet, device=None, dtype=None):
+        super().__init__()
+        if not isinstance(network, UNet):
+            raise TypeError(f"InferenceUNet needs a UNet, got {type(network).__name__}.")
+        first = next(network.parameters())
+        device = torch.device(device) if device is not None else first.device
+        self.dtype = dtype or torch.float32
+        for name in ("in_channels", "out_channels", "depth", "base_channels", "norm"):
+            setattr(self, name, getattr(network, name))
+        self.grid, self.halo, self.receptive_radius = network.grid, network.halo, network.receptive_radius
+        self.encoders = nn.ModuleList(self._double(block) for block in network.encoders)
+        self.bottleneck = self._double(network.bottleneck)
+        self.upsamplers = nn.ModuleList()
+        for upsample in network.upsamplers:
+            copy = nn.ConvTranspose2d(upsample.in_channels, upsample.out_channels, 2, stride=2)
+            copy.load_state_dict(upsample.state_dict())
+            self.upsamplers.append(copy)
+        self.decoders = nn.ModuleList(self._double(block) for block in network.decoders)
+        self.head = nn.Conv2d(network.head.in_channels, network.head.out_channels, 1)
+        self.head.load_state_dict(network.head.state_dict())
+        self.requires_grad_(False)
+        self.to(device=device, dtype=self.dtype, memory_format=torch.channels_last)
+        self.eval()
+
+    def _double(self, block: nn.Sequential) -> nn.Module:
+        conv1, norm1, _, conv2, norm2, _ = block
+        if all(isinstance(n, (nn.BatchNorm2d, nn.Identity)) for n in (norm1, norm2)):
+            return nn.Sequential(_ConvReLU(*_fold_batchnorm(conv1, norm1)), _ConvReLU(*_fold_batchnorm(conv2, norm2)))
+        import copy
+
+        return copy.deepcopy(block).requires_grad_(False).eval()
+
+    def train(self, mode: bool = True):
+        if mode:
+            raise RuntimeError("InferenceUNet is for inference only; fine-tune the UNet it was built from.")
+        return super().train(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"InferenceUNet expects (N, {self.in_channels}, Y, X), got shape {tuple(x.shape)}.")
+        height, width = x.shape[-2:]
+        x, pad_y, pad_x = _pad_to_grid(x, self.grid)
+        x = x.to(self.dtype).contiguous(memory_format=torch.channels_last)
+        skips = []
+        for encoder in self.encoders:
+            x = encoder(x)
+            skips.append(x)
+            x = F.max_pool2d(x, 2)
+        x = self.bottleneck(x)
+        for upsample, decoder in zip(self.upsamplers, self.decoders):
+            skip = skips.pop()
+            x = torch.cat([skip, upsample(x)], dim=1)
+            del skip
+            x = decoder(x)
         x = self.head(x)
         if pad_y or pad_x:
             x = x[..., :height, :width]
