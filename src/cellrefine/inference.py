@@ -17,8 +17,9 @@ convolutions, fused convolution + ReLU, channels-last, bfloat16 on CPUs with
 native bf16), built per call so the user's model is never modified; tiles are
 balanced over each plane (no tile overlaps more than the halo needs); class
 probabilities and the semantic arg-max are written straight into per-plane
-buffers; and for stacks the watershed of plane *k* runs in a worker thread
-while the network predicts plane *k+1*.
+buffers; with ``batch_size > 1`` (the CUDA default) planes that fit in one
+tile are batched together; and for stacks the watershed of plane *k* runs in
+a worker thread while the network predicts plane *k+1*.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import copy
 import dataclasses
 import logging
 import time
+import weakref
 from typing import Callable, Iterator
 
 import numpy as np
@@ -135,17 +137,20 @@ def _link_stack(instances_tzyx: np.ndarray, settings: PostprocessSettings) -> np
 
 
 def default_tile_size(device) -> int:
-    """Largest core tile (pixels per side) for ``device``: 2048 on CPU/MPS (a
-    2048² plane is one tile; ~1 GiB of activations in bfloat16); on CUDA scaled
-    with free memory (2048 with >= 8 GiB free, else 1024).
+    """Largest core tile (pixels per side) for ``device``: 1024 on CPU/MPS; on CUDA
+    scaled with free memory (2048 with >= 8 GiB free, else 1024).
 
-    Planes larger than this are cut into equal tiles no larger than it."""
+    Planes larger than this are cut into equal tiles no larger than it. On
+    the CPU, 1024 (a 1152² tile with the halo) is the measured optimum:
+    activations of larger tiles fall out of the caches (a 2048² core runs at
+    3.0 core MPix/s, 1024² at 3.5, 640-768² at 3.7, 512² at 3.1 as the halo
+    grows; see docs/benchmarks.md), and memory stays near 0.4 GiB."""
     if device.type == "cuda":
         import torch
 
         free, _ = torch.cuda.mem_get_info(device)
         return 2048 if free >= 8 * 2**30 else 1024
-    return 2048
+    return 1024
 
 
 def _starts(length: int, tile: int, grid: int = 1) -> tuple[list, int]:
@@ -173,8 +178,8 @@ def _inference_network(network, device, precision: str = "auto"):
 
     A plain :class:`UNet` gets an :class:`InferenceUNet` copy (folded
     BatchNorm, fused convolution + ReLU, channels-last, bf16 where the CPU
-    has it), built in a few milliseconds; the network passed in is never
-    modified. Other networks (subclasses with their own ``forward``, or a
+    has it), built in a few milliseconds and cached per network until its
+    weights change; the network passed in is never modified. Other networks (subclasses with their own ``forward``, or a
     patched ``forward``) run as they are, under autocast when bf16 is chosen;
     they are copied to ``device`` if they live elsewhere.
     """
@@ -187,7 +192,7 @@ def _inference_network(network, device, precision: str = "auto"):
     if isinstance(network, InferenceUNet):
         return network, amp
     if isinstance(network, UNet) and type(network).forward is UNet.forward and "forward" not in vars(network):
-        return InferenceUNet(network, device=device, dtype=weights_dtype), amp
+        return _cached_inference_unet(network, device, weights_dtype), amp
     if amp is None and weights_dtype != torch.float32:
         amp = weights_dtype
     tensors = list(network.parameters()) + list(network.buffers())
@@ -196,40 +201,93 @@ def _inference_network(network, device, precision: str = "auto"):
     return network, amp
 
 
-def _predict_plane(network, amp, plane: np.ndarray, tile_size: int, device, batch_size: int, out: np.ndarray, semantic: np.ndarray | None = None):
-    """Generator over batches of tiles of one (C, Y, X) plane; yields ``(done, total)``.
+_INFERENCE_COPIES = weakref.WeakKeyDictionary()  # UNet -> (weights key, InferenceUNet)
 
-    Writes the class probabilities into ``out`` ((n_classes, Y, X) float32)
-    and, if given, their arg-max into ``semantic`` ((Y, X) uint8).
+
+def _weights_key(network, device, dtype) -> tuple:
+    """What the inference copy depends on: device, dtype, and every parameter and
+    buffer by identity (weak reference) and in-place version counter, so an
+    optimizer step, ``load_state_dict`` or a replaced layer all invalidate it."""
+    tensors = [*network.parameters(), *network.buffers()]
+    return (str(device), dtype, len(tensors)), [(weakref.ref(t), t._version) for t in tensors]
+
+
+def _cached_inference_unet(network, device, dtype):
+    """The :class:`InferenceUNet` copy of ``network`` for ``device``/``dtype``, rebuilt
+    (in a few ms) whenever its weights changed; one per live network."""
+    from .model.unet import InferenceUNet
+
+    head, versions = _weights_key(network, device, dtype)
+    cached = _INFERENCE_COPIES.get(network)
+    if cached is not None:
+        (cached_head, cached_versions), fast = cached
+        if cached_head == head and all(a() is not None and a() is b() and va == vb for (a, va), (b, vb) in zip(cached_versions, versions)):
+            return fast
+    fast = InferenceUNet(network, device=device, dtype=dtype)
+    _INFERENCE_COPIES[network] = ((head, versions), fast)
+    return fast
+
+
+def _predict_planes(network, amp, planes: list, tile_size: int, device, batch_size: int, outs: list, semantics: list | None = None):
+    """Generator over forward passes of the tiles of one or more (C, Y, X) planes of one shape;
+    yields ``(tiles done, tiles total, index of the plane of the last tile)``.
+
+    A batch holds ``batch_size`` tiles, taken in order over the planes (so
+    planes that are one tile each are batched together). Writes each plane's
+    class probabilities into ``outs[i]`` ((n_classes, Y, X) float32) and, if
+    given, their arg-max into ``semantics[i]`` ((Y, X) uint8).
     """
     import torch
 
     grid, halo = network.grid, network.halo
-    _, height, width = plane.shape
+    _, height, width = planes[0].shape
     starts_y, tile_h, starts_x, tile_w, padded_h, padded_w = _tile_layout(height, width, tile_size, grid)
-    padded = np.pad(plane, ((0, 0), (halo, halo + padded_h - height), (halo, halo + padded_w - width)), mode="reflect")
-    tiles = [(y, x) for y in starts_y for x in starts_x]
-    out_t = torch.from_numpy(out)
-    semantic_t = None if semantic is None else torch.from_numpy(semantic)
+    pad = ((0, 0), (halo, halo + padded_h - height), (halo, halo + padded_w - width))
+    padded = [np.pad(plane, pad, mode="reflect") for plane in planes]
+    tiles = [(i, y, x) for i in range(len(planes)) for y in starts_y for x in starts_x]
+    outs_t = [torch.from_numpy(out) for out in outs]
     for first in range(0, len(tiles), batch_size):
         batch = tiles[first : first + batch_size]
-        if len(batch) == 1:
-            y, x = batch[0]
-            inputs = padded[None, :, y : y + tile_h + 2 * halo, x : x + tile_w + 2 * halo]
-        else:
-            inputs = np.stack([padded[:, y : y + tile_h + 2 * halo, x : x + tile_w + 2 * halo] for y, x in batch])
+        crops = [padded[i][:, y : y + tile_h + 2 * halo, x : x + tile_w + 2 * halo] for i, y, x in batch]
+        inputs = crops[0][None] if len(crops) == 1 else np.stack(crops)
         with torch.inference_mode(), torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
             logits = network(torch.from_numpy(inputs).to(device))
-            probabilities = logits[:, :, halo : halo + tile_h, halo : halo + tile_w].float().softmax(dim=1)
-            labels = probabilities.argmax(dim=1).to(torch.uint8) if semantic is not None else None
-            probabilities, labels = probabilities.cpu(), (None if labels is None else labels.cpu())
-            for k, (y, x) in enumerate(batch):
+            probabilities = logits[:, :, halo : halo + tile_h, halo : halo + tile_w].float().softmax(dim=1).cpu()
+            del logits
+            for k, (i, y, x) in enumerate(batch):
                 rows, cols = min(tile_h, height - y), min(tile_w, width - x)
-                out_t[:, y : y + rows, x : x + cols] = probabilities[k, :, :rows, :cols]
-                if labels is not None:
-                    semantic_t[y : y + rows, x : x + cols] = labels[k, :rows, :cols]
-            del logits, probabilities, labels
-        yield first + len(batch), len(tiles)
+                outs_t[i][:, y : y + rows, x : x + cols] = probabilities[k, :, :rows, :cols]
+                if semantics is not None:
+                    _argmax_classes(outs[i][:, y : y + rows, x : x + cols], semantics[i][y : y + rows, x : x + cols])
+            del probabilities
+        yield first + len(batch), len(tiles), batch[-1][0]
+
+
+def _predict_plane(network, amp, plane: np.ndarray, tile_size: int, device, batch_size: int, out: np.ndarray, semantic: np.ndarray | None = None):
+    """:func:`_predict_planes` for one plane; yields ``(done, total)``."""
+    for done, total, _ in _predict_planes(network, amp, [plane], tile_size, device, batch_size, [out], None if semantic is None else [semantic]):
+        yield done, total
+
+
+def default_batch_size(device, tile_pixels: int, tiles_per_plane: int) -> int:
+    """Tiles per forward pass: 4 on CUDA (planes that fit in one tile are
+    batched together); 1 on the CPU/MPS, where batching measured slower on an
+    idle machine (8 x 384² tiles: 0.32 s batched vs 0.24 s one by one;
+    it only helps when other jobs share the cores)."""
+    if device.type == "cuda":
+        return 4
+    return 1
+
+
+def _argmax_classes(probabilities: np.ndarray, out: np.ndarray) -> None:
+    """``out[...] = probabilities.argmax(axis=0)`` (first maximum wins), by comparisons for 3 classes
+    (several times faster than an arg-max over the short class axis)."""
+    if probabilities.shape[0] != 3:
+        out[...] = probabilities.argmax(axis=0)
+        return
+    background, cell, boundary = probabilities
+    np.greater(cell, background, out=out, casting="unsafe")
+    out[boundary > np.maximum(background, cell)] = 2
 
 
 def iter_tiles(network, plane: np.ndarray, tile_size: int, device, batch_size: int = 1, precision: str = "auto") -> Iterator:
@@ -296,6 +354,10 @@ class _LazyView:
         self.chunks = None
         if chunks is not None and len(chunks) == len(axes) and all(isinstance(c, (int, np.integer)) for c in chunks):
             self.chunks = tuple(_regular_chunks(self.shape[k], int(chunks[axes.index(a)]) if a in axes else 1) for k, a in enumerate("TZCYX"))
+
+    def __array__(self, dtype=None, copy=None):
+        data = self[(slice(None),) * 5]
+        return data if dtype is None else data.astype(dtype)
 
     def __getitem__(self, key) -> np.ndarray:
         if not isinstance(key, tuple):
@@ -409,6 +471,12 @@ def _postprocess_plane(probabilities: np.ndarray, instances: np.ndarray, setting
     instances[...] = probabilities_to_instances(probabilities, settings)
 
 
+def _postprocess_planes(work: list, settings: PostprocessSettings) -> None:
+    """Watershed of each ``(probabilities, instances view)`` pair, in order."""
+    for probabilities, instances in work:
+        _postprocess_plane(probabilities, instances, settings)
+
+
 def iter_segment(
     image,
     model=None,
@@ -444,7 +512,6 @@ def iter_segment(
     torch_device = resolve_device(device)
     inference_dtypes(torch_device, precision)  # validates precision before any work
     tile_size = tile_size or default_tile_size(torch_device)
-    batch_size = batch_size or (4 if torch_device.type == "cuda" else 1)
 
     reader = PlaneReader(image, axes, model)
     n_t, n_z, height, width = reader.shape
@@ -453,34 +520,42 @@ def iter_segment(
         if not (0 <= t < n_t and 0 <= z < n_z):
             raise ValueError(f"plane index {(t, z)} is outside the stack (T={n_t}, Z={n_z}).")
     network, amp = _inference_network(model.network, torch_device, precision)
-    starts_y, _, starts_x, _, _, _ = _tile_layout(height, width, tile_size, network.grid)
+    starts_y, tile_h, starts_x, tile_w, _, _ = _tile_layout(height, width, tile_size, network.grid)
     tiles_per_plane = len(starts_y) * len(starts_x)
     total = tiles_per_plane * len(plane_list)
+    tile_pixels = (tile_h + 2 * network.halo) * (tile_w + 2 * network.halo)
+    batch_size = batch_size or default_batch_size(torch_device, tile_pixels, tiles_per_plane)
+    group = batch_size if tiles_per_plane == 1 else 1  # planes predicted together
 
     semantic = np.zeros((n_t, n_z, height, width), np.uint8)
     instances = np.zeros((n_t, n_z, height, width), np.uint32)
     probabilities = np.zeros((3, n_t, n_z, height, width), np.float16) if return_probabilities else None
     started = time.perf_counter()
     done = 0
-    pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="cellrefine-postprocess") if OVERLAP_POSTPROCESS and len(plane_list) > 1 else None
+    pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="cellrefine-postprocess") if OVERLAP_POSTPROCESS and len(plane_list) > group else None
     pending = None
     try:
-        for t, z in plane_list:
-            plane_probabilities = np.empty((network.out_channels, height, width), np.float32)
-            generator = _predict_plane(network, amp, reader.plane(t, z), tile_size, torch_device, batch_size, plane_probabilities, semantic[t, z])
-            for tiles_done, _ in generator:
-                yield SegmentProgress(done + tiles_done, total, (t, z), time.perf_counter() - started)
-            done += tiles_per_plane
+        for first in range(0, len(plane_list), group):
+            indices = plane_list[first : first + group]
+            outs = [np.empty((network.out_channels, height, width), np.float32) for _ in indices]
+            generator = _predict_planes(
+                network, amp, [reader.plane(t, z) for t, z in indices], tile_size, torch_device, batch_size, outs, [semantic[t, z] for t, z in indices]
+            )
+            for tiles_done, _, k in generator:
+                yield SegmentProgress(done + tiles_done, total, indices[k], time.perf_counter() - started)
+            done += tiles_per_plane * len(indices)
             if probabilities is not None:
-                probabilities[:, t, z] = plane_probabilities
+                for (t, z), out in zip(indices, outs):
+                    probabilities[:, t, z] = out
             if pending is not None:
                 pending.result()
                 pending = None
+            work = [(out, instances[t, z]) for (t, z), out in zip(indices, outs)]
             if pool is None:
-                _postprocess_plane(plane_probabilities, instances[t, z], settings)
+                _postprocess_planes(work, settings)
             else:
-                pending = pool.submit(_postprocess_plane, plane_probabilities, instances[t, z], settings)
-            del plane_probabilities
+                pending = pool.submit(_postprocess_planes, work, settings)
+            del outs, work
         if pending is not None:
             pending.result()
     finally:
@@ -531,7 +606,8 @@ def segment(image, model=None, axes: str | None = None, device="auto", progress=
         :func:`default_tile_size`); planes are cut into equal tiles no larger
         than this, and memory stays bounded by it.
     batch_size : int, optional
-        Tiles per forward pass.
+        Tiles per forward pass (default: :func:`default_batch_size`); planes
+        that fit in one tile are batched together.
     precision : {"auto", "float32", "bfloat16"}
         ``"auto"`` runs the network in bfloat16 on CPUs with native bf16
         instructions (object F1 on the nuclei validation set unchanged, see

@@ -335,12 +335,19 @@ def optimize(network, sampler: "_Sampler", settings: FinetuneSettings, device, t
 
     generator = torch.Generator().manual_seed(seed)
     network.to(device)
+    if device.type == "cpu":
+        # oneDNN convolutions (forward and backward) are ~20 % faster channels-last on the CPU;
+        # ``network`` is the tuned copy, and saving makes the weights contiguous again.
+        network.to(memory_format=torch.channels_last)
     network.train()
     if settings.freeze_norm:
         for module in network.modules():
             if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
                 module.eval()
-    optimizer = torch.optim.AdamW(network.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    try:  # one fused kernel for the whole update instead of a dozen passes over the weights
+        optimizer = torch.optim.AdamW(network.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        optimizer = torch.optim.AdamW(network.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
     amp_dtype = autocast_dtype(device)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
 

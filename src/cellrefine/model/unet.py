@@ -208,13 +208,34 @@ def _fold_batchnorm(conv: nn.Conv2d, norm: nn.Module) -> tuple[torch.Tensor, tor
     return weight.float(), bias.float()
 
 
-def _mkldnn_fused_conv():
-    """``torch.ops.mkldnn._convolution_pointwise`` (convolution + ReLU in one oneDNN call) if this build has it."""
+def _mkldnn_ops():
+    """oneDNN's fused convolution ops (``torch.ops.mkldnn._convolution_pointwise``: convolution +
+    ReLU, and its ``.binary`` form: convolution + add + ReLU), if this torch build has them and
+    they give the plain result; else None (the plain ``F.conv2d`` path is used)."""
     try:
-        op = torch.ops.mkldnn._convolution_pointwise
-    except (AttributeError, RuntimeError):
+        if not torch.backends.mkldnn.is_available():
+            return None
+        unary = torch.ops.mkldnn._convolution_pointwise.default
+        binary = torch.ops.mkldnn._convolution_pointwise.binary
+        generator = torch.Generator().manual_seed(0)
+        x = torch.rand(1, 2, 6, 6, generator=generator).contiguous(memory_format=torch.channels_last)
+        other = torch.rand(1, 3, 6, 6, generator=generator).contiguous(memory_format=torch.channels_last)
+        weight = torch.randn(3, 2, 3, 3, generator=generator).contiguous(memory_format=torch.channels_last)
+        bias = torch.randn(3, generator=generator)
+        plain = F.conv2d(x, weight, bias, padding=1)
+        ok = torch.allclose(unary(x, weight, bias, [1, 1], [1, 1], [1, 1], 1, "relu", [], ""), plain.relu(), atol=1e-5)
+        fused = binary(x, other, weight, bias, [1, 1], [1, 1], [1, 1], 1, "add", None, "relu", [], "")
+        ok = ok and torch.allclose(fused, (plain + other).relu(), atol=1e-5)
+    except (AttributeError, RuntimeError, TypeError):  # private ops: absent or changed in this build
         return None
-    return op if torch.backends.mkldnn.is_available() else None
+    return (unary, binary) if ok else None
+
+
+_MKLDNN = _mkldnn_ops()
+
+
+def _use_mkldnn(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    return _MKLDNN is not None and x.device.type == "cpu" and x.dtype == weight.dtype and x.dtype in (torch.float32, torch.bfloat16)
 
 
 class _ConvReLU(nn.Module):
@@ -228,14 +249,35 @@ class _ConvReLU(nn.Module):
         self.padding = [weight.shape[-1] // 2] * 2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        op = _MKLDNN_CONV if x.device.type == "cpu" and x.dtype == self.weight.dtype else None
-        if op is not None:
-            return op(x, self.weight, self.bias, self.padding, [1, 1], [1, 1], 1, "relu" if self.relu else "none", [], "")
+        if _use_mkldnn(x, self.weight):
+            return _MKLDNN[0](x, self.weight, self.bias, self.padding, [1, 1], [1, 1], 1, "relu" if self.relu else "none", [], "")
         y = F.conv2d(x, self.weight, self.bias, padding=self.padding)
         return torch.relu_(y) if self.relu else y
 
 
-_MKLDNN_CONV = _mkldnn_fused_conv()
+class _SkipConvReLU(nn.Module):
+    """``relu(conv(cat([skip, up])))`` without building the concatenation on the CPU:
+    ``conv(up)`` with the ``up`` half of the weights, then one fused call adds
+    ``conv(skip)`` with the other half, the bias, and applies the ReLU."""
+
+    def __init__(self, conv: _ConvReLU, skip_channels: int):
+        super().__init__()
+        self.conv = conv
+        self.skip_channels = skip_channels
+        self.register_buffer("weight_skip", conv.weight[:, :skip_channels].clone())
+        self.register_buffer("weight_up", conv.weight[:, skip_channels:].clone())
+
+    def forward(self, skip: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        if SPLIT_SKIP_CONCAT and _use_mkldnn(up, self.weight_up):
+            unary, binary = _MKLDNN
+            pad = self.conv.padding
+            partial = unary(up, self.weight_up, None, pad, [1, 1], [1, 1], 1, "none", [], "")
+            return binary(skip, partial, self.weight_skip, self.conv.bias, pad, [1, 1], [1, 1], 1, "add", None, "relu", [], "")
+        return self.conv(torch.cat([skip, up], dim=1))
+
+
+#: Replace each decoder's concatenation by two convolutions summed in a fused call (CPU, oneDNN).
+SPLIT_SKIP_CONCAT = True
 
 
 class InferenceUNet(nn.Module):
@@ -244,6 +286,9 @@ class InferenceUNet(nn.Module):
     * BatchNorm (running statistics, i.e. evaluation mode) is folded into the
       preceding convolution, and each convolution + ReLU is one call
       (a fused oneDNN primitive on the CPU);
+    * on the CPU the decoders never build the skip/up-sampled concatenation:
+      the first convolution runs on each half and the halves are summed
+      inside the second call (``SPLIT_SKIP_CONCAT``);
     * weights are stored channels-last, optionally in ``dtype`` (bfloat16 on
       CPUs with native bf16 instructions); inputs are converted on entry and
       the logits come back in that dtype;
@@ -279,17 +324,22 @@ class InferenceUNet(nn.Module):
             copy = nn.ConvTranspose2d(upsample.in_channels, upsample.out_channels, 2, stride=2)
             copy.load_state_dict(upsample.state_dict())
             self.upsamplers.append(copy)
-        self.decoders = nn.ModuleList(self._double(block) for block in network.decoders)
+        self.decoders = nn.ModuleList(self._double(block, skip_channels=block[0].in_channels // 2) for block in network.decoders)
         self.head = nn.Conv2d(network.head.in_channels, network.head.out_channels, 1)
         self.head.load_state_dict(network.head.state_dict())
         self.requires_grad_(False)
-        self.to(device=device, dtype=self.dtype, memory_format=torch.channels_last)
+        # channels-last suits oneDNN (CPU) and cuDNN; MPS keeps the default layout
+        self.memory_format = torch.channels_last if device.type in ("cpu", "cuda") else torch.contiguous_format
+        self.to(device=device, dtype=self.dtype, memory_format=self.memory_format)
         self.eval()
 
-    def _double(self, block: nn.Sequential) -> nn.Module:
+    def _double(self, block: nn.Sequential, skip_channels: int = 0) -> nn.Module:
         conv1, norm1, _, conv2, norm2, _ = block
         if all(isinstance(n, (nn.BatchNorm2d, nn.Identity)) for n in (norm1, norm2)):
-            return nn.Sequential(_ConvReLU(*_fold_batchnorm(conv1, norm1)), _ConvReLU(*_fold_batchnorm(conv2, norm2)))
+            first = _ConvReLU(*_fold_batchnorm(conv1, norm1))
+            if skip_channels:
+                first = _SkipConvReLU(first, skip_channels)
+            return nn.Sequential(first, _ConvReLU(*_fold_batchnorm(conv2, norm2)))
         import copy
 
         return copy.deepcopy(block).requires_grad_(False).eval()
@@ -304,7 +354,7 @@ class InferenceUNet(nn.Module):
             raise ValueError(f"InferenceUNet expects (N, {self.in_channels}, Y, X), got shape {tuple(x.shape)}.")
         height, width = x.shape[-2:]
         x, pad_y, pad_x = _pad_to_grid(x, self.grid)
-        x = x.to(self.dtype).contiguous(memory_format=torch.channels_last)
+        x = x.to(self.dtype).contiguous(memory_format=self.memory_format)
         skips = []
         for encoder in self.encoders:
             x = encoder(x)
@@ -313,9 +363,14 @@ class InferenceUNet(nn.Module):
         x = self.bottleneck(x)
         for upsample, decoder in zip(self.upsamplers, self.decoders):
             skip = skips.pop()
-            x = torch.cat([skip, upsample(x)], dim=1)
-            del skip
-            x = decoder(x)
+            if isinstance(decoder[0], _SkipConvReLU):
+                x = decoder[0](skip, upsample(x))
+                del skip
+                x = decoder[1](x)
+            else:
+                x = torch.cat([skip, upsample(x)], dim=1)
+                del skip
+                x = decoder(x)
         x = self.head(x)
         if pad_y or pad_x:
             x = x[..., :height, :width]

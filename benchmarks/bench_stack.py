@@ -1,0 +1,145 @@
+"""Big stack: throughput and peak memory of segmenting a 64 x 1024 x 1024 uint16 stack.
+
+    python benchmarks/bench_stack.py --data ../shared/data --json out.json
+
+Runs in its own process (run_all.py starts it as a subprocess) so that the
+peak resident memory belongs to this job alone. The baseline is the RSS after
+the stack exists, the model is loaded and a small warm-up image has been
+segmented (so torch's one-off allocations are not counted); the peak is the
+larger of ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` and a psutil sampler
+(every 5 ms). ``extra`` = peak - baseline, which includes the results
+themselves (uint8 semantic + uint32 instances = 320 MiB for this stack).
+
+``--dask`` also segments the stack as a dask array chunked (4, 1024, 1024)
+whose chunks count how often they are computed, and checks the result is
+identical to the numpy one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import threading
+import time
+
+import numpy as np
+
+from _common import machine_info, stack
+
+
+class PeakSampler:
+    def __init__(self, interval: float = 0.005):
+        import psutil
+
+        self.process = psutil.Process()
+        self.interval = interval
+        self.peak = self.process.memory_info().rss
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.process.memory_info().rss)
+            time.sleep(self.interval)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.process.memory_info().rss)
+
+
+def rss() -> int:
+    import psutil
+
+    return psutil.Process().memory_info().rss
+
+
+def run(data, planes: int = 64, size: int = 1024, with_dask: bool = False, overlap: bool = True, model_path=None) -> dict:
+    import cellrefine as cr
+    from cellrefine import inference
+
+    inference.OVERLAP_POSTPROCESS = overlap
+    volume = stack(data, planes, size)
+    model = cr.load_model(model_path)
+    cr.segment(volume[0, :256, :256], model=model, device="cpu")  # warm-up: torch/oneDNN one-off allocations
+    baseline = rss()
+    maxrss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    with PeakSampler() as sampler:
+        started = time.perf_counter()
+        result = cr.segment(volume, model=model, axes="ZYX", device="cpu")
+        seconds = time.perf_counter() - started
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = max(sampler.peak, maxrss)
+    out = {
+        "shape": list(volume.shape),
+        "dtype": str(volume.dtype),
+        "input_mib": volume.nbytes / 2**20,
+        "results_mib": (result.semantic.nbytes + result.instances.nbytes) / 2**20,
+        "seconds": seconds,
+        "mpix_per_s": volume.size / 1e6 / seconds,
+        "objects": int(result.instances.max()),
+        "baseline_rss_mib": baseline / 2**20,
+        "peak_rss_mib": peak / 2**20,
+        "extra_peak_mib": (peak - baseline) / 2**20,
+        "ru_maxrss_before_mib": maxrss_before / 2**20,
+        "overlap_postprocess": overlap,
+        "note": "ru_maxrss is the process-lifetime peak; extra_peak uses max(sampled peak, ru_maxrss) - baseline.",
+    }
+    if with_dask:
+        out["dask"] = dask_check(volume, model, result)
+    return out
+
+
+def dask_check(volume, model, reference) -> dict:
+    import collections
+
+    import dask.array as da
+
+    import cellrefine as cr
+
+    counts = collections.Counter()
+    chunk = 4
+
+    def load(block_id=None):
+        z = block_id[0]
+        counts[z] += 1
+        return volume[z * chunk : (z + 1) * chunk]
+
+    lazy = da.map_blocks(load, dtype=volume.dtype, chunks=((chunk,) * (volume.shape[0] // chunk), (volume.shape[1],), (volume.shape[2],)))
+    started = time.perf_counter()
+    result = cr.segment(lazy, model=model, axes="ZYX", device="cpu")
+    seconds = time.perf_counter() - started
+    return {
+        "chunks": len(lazy.chunks[0]),
+        "chunk_shape": [chunk, volume.shape[1], volume.shape[2]],
+        "max_computations_per_chunk": max(counts.values()),
+        "total_computations": sum(counts.values()),
+        "identical_to_numpy": bool(np.array_equal(result.instances, reference.instances)),
+        "seconds": seconds,
+    }
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default="../shared/data")
+    parser.add_argument("--planes", type=int, default=64)
+    parser.add_argument("--size", type=int, default=1024)
+    parser.add_argument("--dask", action="store_true")
+    parser.add_argument("--no-overlap", action="store_true", help="post-process each plane after its network pass (ablation)")
+    parser.add_argument("--model", default=None)
+    parser.add_argument("--json")
+    args = parser.parse_args(argv)
+    result = {"machine": machine_info(), "stack": run(args.data, args.planes, args.size, args.dask, not args.no_overlap, args.model)}
+    text = json.dumps(result, indent=1, default=float)
+    if args.json:
+        open(args.json, "w").write(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
