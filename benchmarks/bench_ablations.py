@@ -12,8 +12,8 @@ hurts them all alike:
 * ``torch.jit.freeze + optimize_for_inference`` (float32),
 * batching: 4 tiles of 576² in one forward vs one at a time.
 
-Pipeline variants on a 2048² image: core tile 1024 (default) vs 2048 (one
-tile) vs 768; float32; one vs two torch threads. Network alone against the
+Pipeline variants on a 2048² image: core tile 768 (default) vs 1024 vs 2048
+(one tile); float32; one vs two torch threads. Network alone against the
 tile size (bfloat16, one tile of core + 2 x 64 halo per side). Post-processing: skimage's watershed vs
 ``seeded_watershed``. And ``THP_MEM_ALLOC_ENABLE=1`` (transparent huge pages
 for torch's CPU allocator; an environment variable read when torch starts,
@@ -150,9 +150,9 @@ def pipeline_variants(model, image, rounds: int) -> dict:
         return run
 
     variants = {
-        "default (tile 1024, bf16)": with_threads(threads),
+        "default (tile 768, bf16)": with_threads(threads),
+        "tile 1024": with_threads(threads, tile_size=1024),
         "tile 2048 (one tile)": with_threads(threads, tile_size=2048),
-        "tile 768": with_threads(threads, tile_size=768),
         "precision float32": with_threads(threads, precision="float32"),
     }
     if threads > 1:

@@ -215,7 +215,9 @@ def markdown(report: dict) -> str:
             f"`cr.segment` of a {' x '.join(map(str, st['shape']))} {st['dtype']} stack ({st['input_mib']:.0f} MiB): "
             f"{st['seconds']:.1f} s = {st['mpix_per_s']:.2f} MPix/s, {st['objects']} 3D objects. "
             f"Peak RSS {st['peak_rss_mib']:.0f} MiB over a baseline of {st['baseline_rss_mib']:.0f} MiB: "
-            f"**{st['extra_peak_mib']:.0f} MiB extra**, of which the results are {st['results_mib']:.0f} MiB.",
+            f"**{st['extra_peak_mib']:.0f} MiB extra**, of which the results are {st['results_mib']:.0f} MiB. "
+            f"Post-processing: watersheds {st.get('watershed_s', 0):.1f} CPU s (in a thread, overlapping the network) + Z stitching "
+            f"{st.get('stitch_s', 0):.1f} s = {100 * st.get('postprocess_share', 0):.0f} % of the wall time.",
         ]
         if "dask" in st:
             d = st["dask"]
@@ -259,7 +261,9 @@ def markdown(report: dict) -> str:
         lines += [
             "",
             f"Step time {s['step_s'] * 1000:.0f} ms; forward + backward + AdamW alone {s['compute_s'] * 1000:.0f} ms "
-            f"(**{100 * s['compute_share_of_step']:.0f} %** of a step); drawing + augmenting a batch alone {s['batch_s'] * 1000:.0f} ms "
+            f"(**{min(100, 100 * s['compute_share_of_step']):.0f} %** of a step"
+            f"{'; the step is no slower than forward/backward alone' if s['compute_share_of_step'] >= 0.99 else ''}); "
+            f"drawing + augmenting a batch alone {s['batch_s'] * 1000:.0f} ms "
             f"(overlapped by the prefetch thread; it would be {100 * s['batch_share_if_serial']:.0f} % of a serial step).",
             "",
         ]

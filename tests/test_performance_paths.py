@@ -148,7 +148,8 @@ def test_tiles_are_balanced(length, tile, grid):
 
 
 def test_tiles_on_the_cpu(tiny_model):
-    assert inference.default_tile_size(torch.device("cpu")) == 1024
+    assert inference.default_tile_size(torch.device("cpu")) == 768
+    assert _starts(2048, 768, 8) == ([0, 688, 1360], 688)
     assert _starts(2048, 1024, 8) == ([0, 1024], 1024)
     starts, size = _starts(2048, 1536, 8)
     assert (starts, size) == ([0, 1024], 1024)  # two equal tiles, not 1536 + a mostly overlapping one

@@ -137,20 +137,22 @@ def _link_stack(instances_tzyx: np.ndarray, settings: PostprocessSettings) -> np
 
 
 def default_tile_size(device) -> int:
-    """Largest core tile (pixels per side) for ``device``: 1024 on CPU/MPS; on CUDA
+    """Largest core tile (pixels per side) for ``device``: 768 on CPU/MPS; on CUDA
     scaled with free memory (2048 with >= 8 GiB free, else 1024).
 
     Planes larger than this are cut into equal tiles no larger than it. On
-    the CPU, 1024 (a 1152² tile with the halo) is the measured optimum:
-    activations of larger tiles fall out of the caches (a 2048² core runs at
-    3.0 core MPix/s, 1024² at 3.5, 640-768² at 3.7, 512² at 3.1 as the halo
-    grows; see docs/benchmarks.md), and memory stays near 0.4 GiB."""
+    the CPU, 768 (at most 896² with the halo) is the measured optimum: a
+    bfloat16 activation of such a tile stays under 32 MiB, which glibc serves
+    from its heap and reuses, whereas larger ones are fresh ``mmap``s that
+    page-fault on every tile and spill the caches (bare network on one tile:
+    5.2 MPix/s at 768², 4.0 at 1152², 3.4 at 2176²; the whole 2048² pipeline
+    1.42 s with 768 vs 1.70 s with 1024, see docs/benchmarks.md)."""
     if device.type == "cuda":
         import torch
 
         free, _ = torch.cuda.mem_get_info(device)
         return 2048 if free >= 8 * 2**30 else 1024
-    return 1024
+    return 768
 
 
 def _starts(length: int, tile: int, grid: int = 1) -> tuple[list, int]:

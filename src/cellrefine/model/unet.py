@@ -209,26 +209,28 @@ def _fold_batchnorm(conv: nn.Conv2d, norm: nn.Module) -> tuple[torch.Tensor, tor
 
 
 def _mkldnn_ops():
-    """oneDNN's fused convolution ops (``torch.ops.mkldnn._convolution_pointwise``: convolution +
-    ReLU, and its ``.binary`` form: convolution + add + ReLU), if this torch build has them and
-    they give the plain result; else None (the plain ``F.conv2d`` path is used)."""
+    """oneDNN's fused convolution ops, if this torch build has them and they give the plain
+    result; else None (the plain ``F.conv2d`` path is used):
+    ``torch.ops.mkldnn._convolution_pointwise`` (convolution + ReLU) and the in-place
+    ``_convolution_pointwise_.binary`` (``other = relu(conv(x) + other)``)."""
     try:
         if not torch.backends.mkldnn.is_available():
             return None
         unary = torch.ops.mkldnn._convolution_pointwise.default
-        binary = torch.ops.mkldnn._convolution_pointwise.binary
+        binary_ = torch.ops.mkldnn._convolution_pointwise_.binary
         generator = torch.Generator().manual_seed(0)
         x = torch.rand(1, 2, 6, 6, generator=generator).contiguous(memory_format=torch.channels_last)
         other = torch.rand(1, 3, 6, 6, generator=generator).contiguous(memory_format=torch.channels_last)
         weight = torch.randn(3, 2, 3, 3, generator=generator).contiguous(memory_format=torch.channels_last)
         bias = torch.randn(3, generator=generator)
         plain = F.conv2d(x, weight, bias, padding=1)
+        expected = (plain + other).relu()
         ok = torch.allclose(unary(x, weight, bias, [1, 1], [1, 1], [1, 1], 1, "relu", [], ""), plain.relu(), atol=1e-5)
-        fused = binary(x, other, weight, bias, [1, 1], [1, 1], [1, 1], 1, "add", None, "relu", [], "")
-        ok = ok and torch.allclose(fused, (plain + other).relu(), atol=1e-5)
+        fused = binary_(other, x, weight, bias, [1, 1], [1, 1], [1, 1], 1, "add", 1.0, "relu", [], "")
+        ok = ok and fused.data_ptr() == other.data_ptr() and torch.allclose(other, expected, atol=1e-5)
     except (AttributeError, RuntimeError, TypeError):  # private ops: absent or changed in this build
         return None
-    return (unary, binary) if ok else None
+    return (unary, binary_) if ok else None
 
 
 _MKLDNN = _mkldnn_ops()
@@ -257,8 +259,8 @@ class _ConvReLU(nn.Module):
 
 class _SkipConvReLU(nn.Module):
     """``relu(conv(cat([skip, up])))`` without building the concatenation on the CPU:
-    ``conv(up)`` with the ``up`` half of the weights, then one fused call adds
-    ``conv(skip)`` with the other half, the bias, and applies the ReLU."""
+    ``conv(up)`` with the ``up`` half of the weights, then one fused in-place call
+    adds ``conv(skip)`` with the other half and the bias, and applies the ReLU."""
 
     def __init__(self, conv: _ConvReLU, skip_channels: int):
         super().__init__()
@@ -269,10 +271,11 @@ class _SkipConvReLU(nn.Module):
 
     def forward(self, skip: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
         if SPLIT_SKIP_CONCAT and _use_mkldnn(up, self.weight_up):
-            unary, binary = _MKLDNN
+            unary, binary_ = _MKLDNN
             pad = self.conv.padding
             partial = unary(up, self.weight_up, None, pad, [1, 1], [1, 1], 1, "none", [], "")
-            return binary(skip, partial, self.weight_skip, self.conv.bias, pad, [1, 1], [1, 1], 1, "add", None, "relu", [], "")
+            # in place: partial = relu(conv(skip) + bias + partial); no new full-size buffer
+            return binary_(partial, skip, self.weight_skip, self.conv.bias, pad, [1, 1], [1, 1], 1, "add", 1.0, "relu", [], "")
         return self.conv(torch.cat([skip, up], dim=1))
 
 
