@@ -252,7 +252,7 @@ def run(data, sizes=(512, 2048), repeats: int = 3, model_path=None) -> dict:
     out = {"flops_per_pixel": flops, "matmul_peak_gflops": peaks, "sizes": {}}
     for size in sizes:
         image = mosaic(data, size, seed=size)
-        entry = bench_size(model, image, flops["counted"], repeats if size <= 1024 else max(2, repeats - 1))
+        entry = bench_size(model, image, flops["counted"], repeats)
         fast_dtype = entry["bare_forward_fast"]["dtype"]
         peak = peaks["bfloat16" if fast_dtype == "bfloat16" else "float32"]
         entry["share_of_matmul_peak"] = {

@@ -56,6 +56,7 @@ def main(argv=None):
     parser.add_argument("--only", nargs="*", choices=BENCHMARKS, default=list(BENCHMARKS))
     parser.add_argument("--quick", action="store_true", help="smaller stack, fewer repeats and steps (a smoke run; not for the report)")
     parser.add_argument("--model", default=None, help="model file/folder (default: the bundled model)")
+    parser.add_argument("--merge", action="store_true", help="keep the other results of an existing report.json in --out (re-run only --only)")
     args = parser.parse_args(argv)
 
     out = Path(args.out)
@@ -69,6 +70,12 @@ def main(argv=None):
         "results": {},
         "errors": {},
     }
+    previous = out / "report.json"
+    if args.merge and previous.is_file():
+        old = json.loads(previous.read_text())
+        report["results"] = {k: {"date": old.get("date"), **v} for k, v in old.get("results", {}).items() if k not in args.only}
+        report["errors"] = {k: v for k, v in old.get("errors", {}).items() if k not in args.only}
+        report["merged_into"] = {"date": old.get("date"), "command": old.get("command"), "rerun": list(args.only)}
     started = time.perf_counter()
     for name, (arguments, timeout, needs_display) in commands(args).items():
         if name not in args.only:
@@ -98,7 +105,7 @@ def main(argv=None):
             continue
         result = json.loads(json_path.read_text())
         result.pop("machine", None)
-        report["results"][name] = {**result, "wall_s": seconds, "other_cpu_load": other_load}
+        report["results"][name] = {**result, "wall_s": seconds, "other_cpu_load": other_load, "date": report["date"]}
         print(f"   done in {seconds:.0f} s (other processes used {100 * (other_load or 0):.0f} % of the CPUs meanwhile)", flush=True)
     report["total_s"] = time.perf_counter() - started
     report["other_cpu_load_after"] = other_cpu_load()
@@ -153,7 +160,9 @@ def markdown(report: dict) -> str:
     lines = [
         "# CellRefine benchmark report",
         "",
-        f"- Date: {report['date']}; command: `{report['command']}`{' (quick run)' if report['quick'] else ''}; suite time {report['total_s'] / 60:.1f} min",
+        f"- Date: {report['date']}; command: `{report['command']}`{' (quick run)' if report['quick'] else ''}; suite time {report['total_s'] / 60:.1f} min"
+        + (f" (re-ran {', '.join(report['merged_into']['rerun'])} and kept the other results; when each was measured: "
+           + ", ".join(f"{k} {v.get('date', '?')}" for k, v in r.items()) + ")" if report.get("merged_into") else ""),
         f"- Machine: {m['cpu']}, {m['affinity_cpus']} CPUs available, {m['memory_gib']} GiB; torch threads {m['torch_threads']}; "
         f"native CPU bf16: {m['cpu_bf16_native']}",
         f"- Versions: cellrefine {m['cellrefine']}, torch {m['torch']}, numpy {m['numpy']}, scipy {m['scipy']}, scikit-image {m['scikit-image']}, Python {m['python']}",

@@ -35,7 +35,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from .axes import check_axes, from_tzyx, spatial_shape, to_tzcyx
-from .postprocess import PostprocessSettings, probabilities_to_instances, relabel_sequential, stitch_planes
+from .postprocess import PostprocessSettings, probabilities_to_instances, stitch_planes
 
 logger = logging.getLogger(__name__)
 

@@ -237,7 +237,13 @@ _MKLDNN = _mkldnn_ops()
 
 
 def _use_mkldnn(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    return _MKLDNN is not None and x.device.type == "cpu" and x.dtype == weight.dtype and x.dtype in (torch.float32, torch.bfloat16)
+    if _MKLDNN is None or x.device.type != "cpu" or x.dtype != weight.dtype:
+        return False
+    if x.dtype == torch.bfloat16:  # oneDNN's bf16 kernels need AVX512-BF16/AMX; elsewhere aten's own path
+        from ..device import cpu_bf16_supported
+
+        return cpu_bf16_supported()
+    return x.dtype == torch.float32
 
 
 class _ConvReLU(nn.Module):
