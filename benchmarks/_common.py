@@ -136,3 +136,15 @@ def run_python(args: list, timeout: float, env: dict | None = None, xvfb: bool =
     if xvfb:
         command = ["xvfb-run", "-a", *command]
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}, cwd=ROOT)
+
+
+def emit(result: dict, path: str | None, echo: bool = True) -> str:
+    """Write ``result`` as indented JSON to ``path`` (when given) and print it (when ``echo``)."""
+    import json
+
+    text = json.dumps(result, indent=1, default=float)
+    if path:
+        Path(path).write_text(text)
+    if echo:
+        print(text)
+    return text

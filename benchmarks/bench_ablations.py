@@ -12,7 +12,8 @@ hurts them all alike:
 * ``torch.jit.freeze + optimize_for_inference`` (float32),
 * batching: 4 tiles of 576² in one forward vs one at a time.
 
-Pipeline variants on a 2048² image: core tile 768 (default) vs 1024 vs 2048
+One fine-tuning step (4 x 192²): float32 NCHW vs channels-last vs bf16
+autocast. Pipeline variants on a 2048² image: core tile 768 (default) vs 1024 vs 2048
 (one tile); float32; one vs two torch threads. Network alone against the
 tile size (bfloat16, one tile of core + 2 x 64 halo per side). Post-processing: skimage's watershed vs
 ``seeded_watershed``. And ``THP_MEM_ALLOC_ENABLE=1`` (transparent huge pages
@@ -30,8 +31,7 @@ import sys
 import time
 
 import numpy as np
-
-from _common import machine_info, mosaic, run_python
+from _common import emit, machine_info, mosaic, run_python
 
 
 def interleaved(variants: dict, rounds: int) -> dict:
@@ -86,7 +86,7 @@ def network_variants(model, size: int, rounds: int) -> dict:
     try:
         traced = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(copy.deepcopy(plain).eval(), x)))
         variants["float32 torch.jit.freeze + optimize_for_inference"] = lambda: traced(x)
-    except Exception as error:  # noqa: BLE001 - reported, not fatal
+    except Exception as error:
         print(f"jit variant failed: {error}", file=sys.stderr)
     with torch.inference_mode():
         result = interleaved(variants, rounds)
@@ -105,8 +105,13 @@ def tile_sizes(model, rounds: int, cores=(384, 512, 640, 768, 1024, 1280, 1536, 
         for core in cores:
             x = torch.rand(1, 1, core + 2 * halo, core + 2 * halo)
             network(x)
-            best = min(_time(lambda: network(x).float()) for _ in range(max(2, rounds // 2)))
-            out[str(core)] = {"tile": core + 2 * halo, "s": best, "core_mpix_per_s": core * core / 1e6 / best, "tile_mpix_per_s": (core + 2 * halo) ** 2 / 1e6 / best}
+            best = min(_time(lambda: network(x).float()) for _ in range(max(2, rounds // 2)))  # noqa: B023 - called at once
+            out[str(core)] = {
+                "tile": core + 2 * halo,
+                "s": best,
+                "core_mpix_per_s": core * core / 1e6 / best,
+                "tile_mpix_per_s": (core + 2 * halo) ** 2 / 1e6 / best,
+            }
     return out
 
 
@@ -116,13 +121,54 @@ def _time(fn) -> float:
     return time.perf_counter() - started
 
 
+def training_variants(model, rounds: int) -> dict:
+    """One fine-tuning step (batch 4 x 192², weighted CE + Dice, AdamW) in the layouts/precisions tried."""
+    import torch
+
+    from cellrefine.training import weighted_loss
+
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(4, 1, 192, 192, generator=generator)
+    semantic = torch.randint(0, 3, (4, 192, 192), generator=generator)
+    weights = torch.rand(4, 192, 192, generator=generator)
+
+    def make(channels_last: bool, bf16: bool, fused: bool):
+        network = copy.deepcopy(model.network).train()
+        for module in network.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.eval()
+        if channels_last:
+            network = network.to(memory_format=torch.channels_last)
+        optimizer = torch.optim.AdamW(network.parameters(), lr=1e-4, fused=fused)
+
+        def step():
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                logits = network(images)
+            loss = weighted_loss(logits, semantic, weights, 0.5)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+        return step
+
+    variants = {
+        "float32 NCHW, foreach AdamW (before)": make(False, False, False),
+        "float32 channels-last, fused AdamW": make(True, False, True),
+    }
+    if _bf16():
+        variants["bf16 autocast channels-last, fused AdamW (default)"] = make(True, True, True)
+    return interleaved(variants, rounds)
+
+
 def batching(model, rounds: int) -> dict:
     import torch
 
     network = model.network.for_inference(dtype=torch.bfloat16 if _bf16() else torch.float32)
     tiles = torch.rand(4, 1, 576, 576)
     with torch.inference_mode():
-        result = interleaved({"4 tiles, one forward each": lambda: [network(t[None]) for t in tiles], "4 tiles in one batch": lambda: network(tiles)}, rounds)
+        result = interleaved(
+            {"4 tiles, one forward each": lambda: [network(t[None]) for t in tiles], "4 tiles in one batch": lambda: network(tiles)}, rounds
+        )
     return result
 
 
@@ -182,7 +228,13 @@ def watershed_variants(model, image, rounds: int) -> dict:
         rounds,
     )
     same = np.array_equal(watershed(probabilities[2], markers=seeds, mask=foreground), seeded_watershed(probabilities[2], seeds, foreground))
-    return {"image": list(image.shape), "identical": bool(same), "foreground_share": float(foreground.mean()), "seed_share": float((seeds > 0).mean()), "variants": result}
+    return {
+        "image": list(image.shape),
+        "identical": bool(same),
+        "foreground_share": float(foreground.mean()),
+        "seed_share": float((seeds > 0).mean()),
+        "variants": result,
+    }
 
 
 THP_CHILD = """
@@ -211,7 +263,10 @@ def transparent_huge_pages(data, rounds: int) -> dict:
         if process.returncode != 0:
             return {"error": process.stderr[-1000:]}
         out.setdefault(value, []).extend(json.loads(process.stdout.strip().splitlines()[-1]))
-    return {f"THP_MEM_ALLOC_ENABLE={k}": {"median_s": statistics.median(v), "min_s": min(v), "mpix_per_s": 2048**2 / 1e6 / statistics.median(v)} for k, v in out.items()}
+    return {
+        f"THP_MEM_ALLOC_ENABLE={k}": {"median_s": statistics.median(v), "min_s": min(v), "mpix_per_s": 2048**2 / 1e6 / statistics.median(v)}
+        for k, v in out.items()
+    }
 
 
 def run(data, rounds: int = 5, model_path=None, with_thp: bool = True) -> dict:
@@ -223,6 +278,7 @@ def run(data, rounds: int = 5, model_path=None, with_thp: bool = True) -> dict:
         "network_1152": network_variants(model, 1152, rounds),
         "batching_576": batching(model, rounds),
         "tile_sizes": tile_sizes(model, rounds),
+        "training_step": training_variants(model, rounds),
         "pipeline_2048": pipeline_variants(model, image, max(2, rounds // 2)),
         "watershed_2048": watershed_variants(model, image, rounds),
     }
@@ -240,10 +296,7 @@ def main(argv=None):
     parser.add_argument("--json")
     args = parser.parse_args(argv)
     result = {"machine": machine_info(), "ablations": run(args.data, args.rounds, args.model, not args.no_thp)}
-    text = json.dumps(result, indent=1, default=float)
-    if args.json:
-        open(args.json, "w").write(text)
-    print(text)
+    emit(result, args.json)
 
 
 if __name__ == "__main__":

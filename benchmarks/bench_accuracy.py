@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from _common import machine_info
 from evaluate import load_folder
 

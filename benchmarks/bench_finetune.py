@@ -26,13 +26,11 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import json
 import time
 from pathlib import Path
 
 import numpy as np
-
-from _common import machine_info
+from _common import emit, machine_info
 from evaluate import load_folder, score, segmenter
 
 
@@ -65,7 +63,9 @@ def step_split(model, images, labels, settings, steps: int = 10, rounds: int = 2
     for _ in range(steps):
         started = time.perf_counter()
         parts = draw.batch(settings.batch_size)
-        cached = real_augment(torch.from_numpy(parts[0]), torch.from_numpy(parts[1].astype(np.int64)), torch.from_numpy(parts[2]), generator, settings.elastic)
+        cached = real_augment(
+            torch.from_numpy(parts[0]), torch.from_numpy(parts[1].astype(np.int64)), torch.from_numpy(parts[2]), generator, settings.elastic
+        )
         timings.append(time.perf_counter() - started)
     batch_s = float(np.median(timings))
 
@@ -102,7 +102,9 @@ def step_split(model, images, labels, settings, steps: int = 10, rounds: int = 2
 EVAL_STEPS = (5, 10, 15, 20, 25, 30, 40, 50, 75, 100, 125)
 
 
-def run(data, n_train: int = 2, steps: int | None = None, target: float = 0.6, validate_every: int = 25, model_path=None, eval_steps=EVAL_STEPS) -> dict:
+def run(
+    data, n_train: int = 2, steps: int | None = None, target: float = 0.6, validate_every: int = 25, model_path=None, eval_steps=EVAL_STEPS
+) -> dict:
     import torch
 
     import cellrefine as cr
@@ -153,7 +155,16 @@ def run(data, n_train: int = 2, steps: int | None = None, target: float = 0.6, v
             print(f"finetune step {update.step}: {train_s:.1f} s, val F1@0.5 {calibrated['f1'][0]:.3f} (uncalibrated {raw['f1'][0]:.3f})", flush=True)
     after = score(val, segmenter(tuned, "cpu"))
     record = tuned.config["provenance"][-1]
-    checkpoints.append({"step": record["steps"], "train_s": train_s, "calibration_s": 0.0, "val_f1_50": after["f1"][0], "val_mean_f1": after["mean_f1"], "final": True})
+    checkpoints.append(
+        {
+            "step": record["steps"],
+            "train_s": train_s,
+            "calibration_s": 0.0,
+            "val_f1_50": after["f1"][0],
+            "val_mean_f1": after["mean_f1"],
+            "final": True,
+        }
+    )
     print(f"finetune final ({record['steps']} steps): {train_s:.1f} s, val F1@0.5 {after['f1'][0]:.3f}", flush=True)
     reached = [c for c in checkpoints if c["val_f1_50"] >= target]
     stays = None  # first checkpoint from which every later one is at or above the target
@@ -194,10 +205,7 @@ def main(argv=None):
     parser.add_argument("--json")
     args = parser.parse_args(argv)
     result = {"machine": machine_info(), "finetune": run(args.data, args.n_train, args.steps, args.target, args.validate_every, args.model)}
-    text = json.dumps(result, indent=1, default=float)
-    if args.json:
-        open(args.json, "w").write(text)
-    print(text)
+    emit(result, args.json)
 
 
 if __name__ == "__main__":

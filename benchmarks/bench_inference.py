@@ -26,12 +26,10 @@ measures the machine's matmul peak (float32 and bfloat16 ``torch.matmul`` of
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import numpy as np
-
-from _common import machine_info, mosaic, timed
+from _common import emit, machine_info, mosaic, timed
 
 
 def matmul_peak(dtype_name: str, n: int = 4096, repeats: int = 5) -> float:
@@ -221,11 +219,11 @@ def bench_cuda(model, data, sizes, repeats: int) -> dict:
     out = {"gpu": torch.cuda.get_device_name(0), "sizes": {}}
     for size in sizes:
         image = mosaic(data, size, seed=size)
-        pipeline = timed(lambda: cr.segment(image, model=model, device="cuda"), repeats=repeats)
+        pipeline = timed(lambda: cr.segment(image, model=model, device="cuda"), repeats=repeats)  # noqa: B023 - timed at once
         network, amp = _inference_network(model.network, device)
         x = torch.from_numpy(PlaneReader(image, "YX", model).plane(0, 0))[None].to(device)
 
-        def bare():
+        def bare(network=network, x=x, amp=amp):
             with torch.inference_mode(), torch.autocast("cuda", dtype=amp or torch.float32, enabled=amp is not None):
                 network(x).float()
             torch.cuda.synchronize()
@@ -261,8 +259,11 @@ def run(data, sizes=(512, 2048), repeats: int = 3, model_path=None) -> dict:
             "pipeline_network": entry["gflops"]["pipeline_network"] / peak,
         }
         out["sizes"][f"{size}x{size}"] = entry
-        print(f"inference {size}²: pipeline {entry['pipeline']['mpix_per_s']:.2f} MPix/s, bare fast {entry['bare_forward_fast']['mpix_per_s']:.2f}, "
-              f"bare float32 {entry['bare_forward_float32']['mpix_per_s']:.2f}, naive {entry['naive']['mpix_per_s']:.2f}", flush=True)
+        print(
+            f"inference {size}²: pipeline {entry['pipeline']['mpix_per_s']:.2f} MPix/s, bare fast {entry['bare_forward_fast']['mpix_per_s']:.2f}, "
+            f"bare float32 {entry['bare_forward_float32']['mpix_per_s']:.2f}, naive {entry['naive']['mpix_per_s']:.2f}",
+            flush=True,
+        )
     out["torch_threads"] = torch.get_num_threads()
     out["cuda"] = bench_cuda(model, data, sizes, repeats) if torch.cuda.is_available() else None
     return out
@@ -277,11 +278,7 @@ def main(argv=None):
     parser.add_argument("--json")
     args = parser.parse_args(argv)
     result = {"machine": machine_info(), "inference": run(args.data, args.sizes, args.repeats, args.model)}
-    text = json.dumps(result, indent=1, default=float)
-    if args.json:
-        open(args.json, "w").write(text)
-    else:
-        print(text)
+    emit(result, args.json, echo=not args.json)
 
 
 if __name__ == "__main__":

@@ -21,14 +21,12 @@ identical to the numpy one.
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import threading
 import time
 
 import numpy as np
-
-from _common import machine_info, stack
+from _common import emit, machine_info, stack
 
 
 class PeakSampler:
@@ -159,10 +157,7 @@ def main(argv=None):
     parser.add_argument("--json")
     args = parser.parse_args(argv)
     result = {"machine": machine_info(), "stack": run(args.data, args.planes, args.size, args.dask, not args.no_overlap, args.model)}
-    text = json.dumps(result, indent=1, default=float)
-    if args.json:
-        open(args.json, "w").write(text)
-    print(text)
+    emit(result, args.json)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,9 @@ args = parser.parse_args()
 
 model = cr.load_model(args.checkpoint)
 settings = PostprocessSettings(foreground_threshold=args.foreground_threshold, seed_threshold=args.seed_threshold, min_size=args.min_size).validate()
-model.config["postprocess"] = {k: getattr(settings, k) for k in ("foreground_threshold", "seed_threshold", "min_seed_size", "min_size", "stitch_threshold")}
+model.config["postprocess"] = {
+    k: getattr(settings, k) for k in ("foreground_threshold", "seed_threshold", "min_seed_size", "min_size", "stitch_threshold")
+}
 model.config["name"] = args.name
 model.config["license"] = "BSD-3-Clause (weights); trained on CC0 data (DSB2018 stage1_train, BBBC039v1 training split)"
 target = Path(__file__).resolve().parents[1] / "src" / "cellrefine" / "model" / "weights" / f"{args.name}.safetensors"

@@ -17,8 +17,6 @@ import platform
 import time
 from pathlib import Path
 
-import numpy as np
-
 from evaluate import load_folder, score, segmenter
 
 

@@ -1,12 +1,12 @@
 """Run the whole benchmark suite and write a Markdown + JSON report.
 
     python benchmarks/run_all.py --data ../shared/data --out benchmarks/results
-    python benchmarks/run_all.py --data ../shared/data --out /tmp/quick --quick     # ~3 min smoke run
+    python benchmarks/run_all.py --data ../shared/data --out /tmp/quick --quick     # ~4 min smoke run
 
 Each benchmark runs in its own Python process (so peak-memory figures belong
 to one job, and one failure does not stop the others); their JSON lands in
 ``--out`` next to ``report.json`` (everything, plus the machine) and
-``report.md`` (the tables of docs/benchmarks.md). About 10 minutes on a
+``report.md`` (the tables of docs/benchmarks.md). About 8 minutes on a
 2-core CPU machine. See docs/benchmarks.md for what each figure means.
 
 Benchmarks: ``inference`` (bench_inference.py), ``stack`` (bench_stack.py,
@@ -40,12 +40,42 @@ def commands(args) -> dict:
     model = ["--model", args.model] if args.model else []
     quick = args.quick
     return {
-        "inference": (["bench_inference.py", "--data", data, "--repeats", "2" if quick else "3", "--json", out / "inference.json", *model], 900, False),
-        "stack": (["bench_stack.py", "--data", data, "--planes", "16" if quick else "64", "--dask", "--json", out / "stack.json", *model], 900, False),
-        "accuracy": (["bench_accuracy.py", "--data", data, *(["--limit", "10"] if quick else []), "--json", out / "accuracy.json", *model], 900, False),
-        "finetune": (["bench_finetune.py", "--data", data, *(["--steps", "30"] if quick else []), "--json", out / "finetune.json", *model], 1200, False),
+        "inference": (
+            ["bench_inference.py", "--data", data, "--repeats", "2" if quick else "3", "--json", out / "inference.json", *model],
+            900,
+            False,
+        ),
+        "stack": (
+            ["bench_stack.py", "--data", data, "--planes", "16" if quick else "64", "--dask", "--json", out / "stack.json", *model],
+            900,
+            False,
+        ),
+        "accuracy": (
+            ["bench_accuracy.py", "--data", data, *(["--limit", "10"] if quick else []), "--json", out / "accuracy.json", *model],
+            900,
+            False,
+        ),
+        "finetune": (
+            ["bench_finetune.py", "--data", data, *(["--steps", "30"] if quick else []), "--json", out / "finetune.json", *model],
+            1200,
+            False,
+        ),
         "ui": (["ui_responsiveness.py", "--data", data, "--seconds", "8" if quick else "20", "--json", out / "ui.json"], 300, True),
-        "ablations": (["bench_ablations.py", "--data", data, "--rounds", "2" if quick else "4", *(["--no-thp"] if quick else []), "--json", out / "ablations.json", *model], 900, False),
+        "ablations": (
+            [
+                "bench_ablations.py",
+                "--data",
+                data,
+                "--rounds",
+                "2" if quick else "4",
+                *(["--no-thp"] if quick else []),
+                "--json",
+                out / "ablations.json",
+                *model,
+            ],
+            900,
+            False,
+        ),
     }
 
 
@@ -90,7 +120,7 @@ def main(argv=None):
         load = _LoadMeter()
         try:
             process = run_python([HERE / arguments[0], *arguments[1:]], timeout=timeout, xvfb=needs_display)
-        except Exception as error:  # noqa: BLE001 - a timeout or a missing tool is recorded, the suite goes on
+        except Exception as error:
             report["errors"][name] = repr(error)
             continue
         seconds = time.perf_counter() - t0
@@ -161,8 +191,13 @@ def markdown(report: dict) -> str:
         "# CellRefine benchmark report",
         "",
         f"- Date: {report['date']}; command: `{report['command']}`{' (quick run)' if report['quick'] else ''}; suite time {report['total_s'] / 60:.1f} min"
-        + (f" (re-ran {', '.join(report['merged_into']['rerun'])} and kept the other results; when each was measured: "
-           + ", ".join(f"{k} {v.get('date', '?')}" for k, v in r.items()) + ")" if report.get("merged_into") else ""),
+        + (
+            f" (re-ran {', '.join(report['merged_into']['rerun'])} and kept the other results; when each was measured: "
+            + ", ".join(f"{k} {v.get('date', '?')}" for k, v in r.items())
+            + ")"
+            if report.get("merged_into")
+            else ""
+        ),
         f"- Machine: {m['cpu']}, {m['affinity_cpus']} CPUs available, {m['memory_gib']} GiB; torch threads {m['torch_threads']}; "
         f"native CPU bf16: {m['cpu_bf16_native']}",
         f"- Versions: cellrefine {m['cellrefine']}, torch {m['torch']}, numpy {m['numpy']}, scipy {m['scipy']}, scikit-image {m['scikit-image']}, Python {m['python']}",
@@ -212,7 +247,9 @@ def markdown(report: dict) -> str:
         if cuda:
             lines += ["", f"GPU ({cuda['gpu']}):", "", "| image | pipeline | bare forward | pipeline / bare |", "|---|---|---|---|"]
             for name, e in cuda["sizes"].items():
-                lines.append(f"| {name} | {e['pipeline_mpix_per_s']:.1f} MPix/s | {e['bare_forward_mpix_per_s']:.1f} MPix/s | {100 * e['pipeline_over_bare']:.0f} % |")
+                lines.append(
+                    f"| {name} | {e['pipeline_mpix_per_s']:.1f} MPix/s | {e['bare_forward_mpix_per_s']:.1f} MPix/s | {100 * e['pipeline_over_bare']:.0f} % |"
+                )
         else:
             lines += ["", "GPU: none on this machine, so there are no GPU figures (the CUDA path runs the same code under autocast)."]
         lines.append("")
@@ -265,7 +302,9 @@ def markdown(report: dict) -> str:
             "|---|---|---|---|",
         ]
         for c in f["checkpoints"]:
-            lines.append(f"| {c['step']}{' (final)' if c.get('final') else ''} | {c['train_s']:.1f} | {c['val_f1_50']:.3f} | {_f(c.get('val_f1_50_uncalibrated'), 3)} |")
+            lines.append(
+                f"| {c['step']}{' (final)' if c.get('final') else ''} | {c['train_s']:.1f} | {c['val_f1_50']:.3f} | {_f(c.get('val_f1_50_uncalibrated'), 3)} |"
+            )
         s = f["step_split"]
         lines += [
             "",
@@ -288,20 +327,37 @@ def markdown(report: dict) -> str:
         ]
         for phase in ("idle", "training", "training_after_first_step"):
             p = u.get(phase, {})
-            lines.append(f"| {phase.replace('_', ' ')} | {p.get('ticks', 0)} | {_f(p.get('p50_ms'), 1, ' ms')} | {_f(p.get('p95_ms'), 1, ' ms')} | {_f(p.get('max_ms'), 1, ' ms')} |")
+            lines.append(
+                f"| {phase.replace('_', ' ')} | {p.get('ticks', 0)} | {_f(p.get('p50_ms'), 1, ' ms')} | {_f(p.get('p95_ms'), 1, ' ms')} | {_f(p.get('max_ms'), 1, ' ms')} |"
+            )
         lines.append("")
     if "ablations" in r:
         ab = r["ablations"]["ablations"]
         net = ab["network_1152"]
-        lines += ["## Ablations", "", f"Network alone on one {net['tile'][0]}² tile (interleaved rounds, median):", "", "| variant | s | MPix/s |", "|---|---|---|"]
+        lines += [
+            "## Ablations",
+            "",
+            f"Network alone on one {net['tile'][0]}² tile (interleaved rounds, median):",
+            "",
+            "| variant | s | MPix/s |",
+            "|---|---|---|",
+        ]
         for name, e in net["variants"].items():
             lines.append(f"| {name} | {e['median_s']:.3f} | {e['mpix_per_s']:.2f} |")
-        lines += ["", "Network alone against the tile size (best of rounds):", "", "| core tile | tile with halo | s | core MPix/s | tile MPix/s |", "|---|---|---|---|---|"]
+        lines += [
+            "",
+            "Network alone against the tile size (best of rounds):",
+            "",
+            "| core tile | tile with halo | s | core MPix/s | tile MPix/s |",
+            "|---|---|---|---|---|",
+        ]
         for core, e in ab.get("tile_sizes", {}).items():
             lines.append(f"| {core}² | {e['tile']}² | {e['s']:.3f} | {e['core_mpix_per_s']:.2f} | {e['tile_mpix_per_s']:.2f} |")
         lines += ["", "| other | s (median) |", "|---|---|"]
         for name, e in ab["batching_576"].items():
             lines.append(f"| {name} (576² tiles) | {e['median_s']:.3f} |")
+        for name, e in ab.get("training_step", {}).items():
+            lines.append(f"| fine-tuning step (4 x 192²): {name} | {e['median_s']:.3f} |")
         for name, e in ab["pipeline_2048"]["variants"].items():
             lines.append(f"| pipeline 2048²: {name} | {e['median_s']:.3f} ({e['mpix_per_s']:.2f} MPix/s) |")
         w = ab["watershed_2048"]
@@ -310,7 +366,11 @@ def markdown(report: dict) -> str:
         for name, e in (ab.get("thp_2048") or {}).items():
             if isinstance(e, dict):
                 lines.append(f"| pipeline 2048², {name} (child process) | {e['median_s']:.3f} ({e['mpix_per_s']:.2f} MPix/s) |")
-        lines += ["", f"Watershed results identical: {w['identical']} (foreground {100 * w['foreground_share']:.0f} % of pixels, seeds {100 * w['seed_share']:.0f} %).", ""]
+        lines += [
+            "",
+            f"Watershed results identical: {w['identical']} (foreground {100 * w['foreground_share']:.0f} % of pixels, seeds {100 * w['seed_share']:.0f} %).",
+            "",
+        ]
     if report["errors"]:
         lines += ["## Errors", ""] + [f"- {k}: `{v[:500]}`" for k, v in report["errors"].items()] + [""]
     return "\n".join(lines)

@@ -77,7 +77,7 @@ def run(data, seconds: float = 20.0, idle_seconds: float = 3.0, interval_ms: int
                 state["steps"] = update.step
                 if stop.is_set():
                     break
-        except Exception as error:  # noqa: BLE001 - reported in the result
+        except Exception as error:
             state["error"] = repr(error)
         finally:
             generator.close()

@@ -82,7 +82,7 @@ def test_load_folder_without_weights(tmp_path):
 
 @pytest.mark.parametrize(
     "content",
-    [b"", b"not a model at all", b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\": 1}", b"\xff" * 64, b"\x08\x00\x00\x00\x00\x00\x00\x00{\"a\":1}"],
+    [b"", b"not a model at all", b'\x10\x00\x00\x00\x00\x00\x00\x00{"a": 1}', b"\xff" * 64, b'\x08\x00\x00\x00\x00\x00\x00\x00{"a":1}'],
 )
 def test_corrupt_file(tmp_path, content):
     path = tmp_path / "model.safetensors"

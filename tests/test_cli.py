@@ -276,8 +276,21 @@ def test_finetune_writes_a_loadable_model(capsys, tmp_path, model_path, blobs):
     tifffile.imwrite(tmp_path / "labels.tif", labels.astype(np.uint16))
     output = tmp_path / "tuned"
     code, out, err = run(
-        capsys, "finetune", tmp_path / "image.tif", "--labels", tmp_path / "labels.tif", "-o", output,
-        "--model", model_path, "--steps", "3", "--device", "cpu", "--seed", "1",
+        capsys,
+        "finetune",
+        tmp_path / "image.tif",
+        "--labels",
+        tmp_path / "labels.tif",
+        "-o",
+        output,
+        "--model",
+        model_path,
+        "--steps",
+        "3",
+        "--device",
+        "cpu",
+        "--seed",
+        "1",
     )
     assert code == 0, err
     assert sorted(p.name for p in output.iterdir()) == ["config.json", "model.safetensors"]
@@ -296,8 +309,21 @@ def test_finetune_with_masks_to_safetensors_file(capsys, tmp_path, model_path, b
         tifffile.imwrite(tmp_path / f"{name}.tif", array.clip(0, None).astype(np.uint16))
     output = tmp_path / "tuned.safetensors"
     code, _, err = run(
-        capsys, "finetune", tmp_path / "image.tif", "--labels", tmp_path / "labels.tif", "--masks", tmp_path / "mask.tif",
-        "-o", output, "--model", model_path, "--steps", "2", "--device", "cpu",
+        capsys,
+        "finetune",
+        tmp_path / "image.tif",
+        "--labels",
+        tmp_path / "labels.tif",
+        "--masks",
+        tmp_path / "mask.tif",
+        "-o",
+        output,
+        "--model",
+        model_path,
+        "--steps",
+        "2",
+        "--device",
+        "cpu",
     )
     assert code == 0, err
     assert load_model(output).config["provenance"][-1]["reviewed_pixels"] == [32 * 64]
@@ -306,8 +332,18 @@ def test_finetune_with_masks_to_safetensors_file(capsys, tmp_path, model_path, b
 def test_finetune_count_mismatch(capsys, tmp_path, model_path):
     _write_inputs(tmp_path, ["a.tif", "b.tif", "la.tif"])
     code, _, err = run(
-        capsys, "finetune", tmp_path / "a.tif", tmp_path / "b.tif", "--labels", tmp_path / "la.tif",
-        "-o", tmp_path / "m", "--model", model_path, "--device", "cpu",
+        capsys,
+        "finetune",
+        tmp_path / "a.tif",
+        tmp_path / "b.tif",
+        "--labels",
+        tmp_path / "la.tif",
+        "-o",
+        tmp_path / "m",
+        "--model",
+        model_path,
+        "--device",
+        "cpu",
     )
     assert code == 1
     assert "2 image(s) but 1 label file(s)" in err
@@ -324,8 +360,19 @@ def test_finetune_requires_labels_and_output(capsys, tmp_path):
 def test_finetune_nothing_to_learn(capsys, tmp_path, model_path):
     _write_inputs(tmp_path, ["img.tif", "lab.tif"])  # all-zero labels, no masks
     code, _, err = run(
-        capsys, "finetune", tmp_path / "img.tif", "--labels", tmp_path / "lab.tif", "-o", tmp_path / "m",
-        "--model", model_path, "--steps", "2", "--device", "cpu",
+        capsys,
+        "finetune",
+        tmp_path / "img.tif",
+        "--labels",
+        tmp_path / "lab.tif",
+        "-o",
+        tmp_path / "m",
+        "--model",
+        model_path,
+        "--steps",
+        "2",
+        "--device",
+        "cpu",
     )
     assert code == 1 and "nothing to learn" in err
     assert not Path(tmp_path / "m").exists()

@@ -15,7 +15,6 @@ from cellrefine.inference import (
 from cellrefine.metrics import match_instances
 from cellrefine.postprocess import PostprocessSettings, probabilities_to_instances
 
-
 # ----------------------------------------------------------------------------- tiling
 
 

@@ -6,7 +6,17 @@ import pytest
 from cellrefine.metrics import DEFAULT_THRESHOLDS, aggregate, match_instances, object_scores, pixel_iou
 
 MATCH_KEYS = {
-    "threshold", "tp", "fp", "fn", "precision", "recall", "f1", "accuracy", "n_true", "n_pred", "mean_matched_iou",
+    "threshold",
+    "tp",
+    "fp",
+    "fn",
+    "precision",
+    "recall",
+    "f1",
+    "accuracy",
+    "n_true",
+    "n_pred",
+    "mean_matched_iou",
 }
 
 

@@ -157,7 +157,9 @@ def test_lazy_exports():
     assert "segment" in dir(cellrefine) and "finetune" in dir(cellrefine)
 
 
-@pytest.mark.skipif(not bundled_model_path().exists(), reason="bundled weights not trained/installed yet (cellrefine/model/weights/nuclei_v1.safetensors)")
+@pytest.mark.skipif(
+    not bundled_model_path().exists(), reason="bundled weights not trained/installed yet (cellrefine/model/weights/nuclei_v1.safetensors)"
+)
 def test_bundled_model_loads_and_segments():
     model = load_model()
     assert model.path == "bundled:nuclei_v1"

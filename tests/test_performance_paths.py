@@ -138,7 +138,9 @@ def test_custom_forward_runs_as_is(pointwise_model, tiny_model, monkeypatch):
 # ----------------------------------------------------------------------------- tiles
 
 
-@pytest.mark.parametrize(("length", "tile", "grid"), [(40, 16, 4), (2048, 1024, 8), (2048, 1536, 8), (2056, 1024, 8), (696, 2048, 8), (8, 8, 8), (1000, 64, 8)])
+@pytest.mark.parametrize(
+    ("length", "tile", "grid"), [(40, 16, 4), (2048, 1024, 8), (2048, 1536, 8), (2056, 1024, 8), (696, 2048, 8), (8, 8, 8), (1000, 64, 8)]
+)
 def test_tiles_are_balanced(length, tile, grid):
     starts, size = _starts(length, tile, grid)
     assert size <= max(tile, grid) and size % grid == 0 or size == length
@@ -274,14 +276,22 @@ def test_zarr_input_matches_numpy(pointwise_model, blobs):
     zarr = pytest.importorskip("zarr")
     image, _ = blobs
     volume = (np.stack([image, image[::-1], image[:, ::-1]]) * 1000).astype(np.uint16)
-    store = zarr.create_array(store={}, shape=volume.shape, chunks=(2, 32, 64), dtype=volume.dtype) if hasattr(zarr, "create_array") else zarr.zeros(volume.shape, chunks=(2, 32, 64), dtype=volume.dtype)
+    store = (
+        zarr.create_array(store={}, shape=volume.shape, chunks=(2, 32, 64), dtype=volume.dtype)
+        if hasattr(zarr, "create_array")
+        else zarr.zeros(volume.shape, chunks=(2, 32, 64), dtype=volume.dtype)
+    )
     store[:] = volume
     expected = segment(volume, model=pointwise_model, axes="ZYX", device="cpu", return_probabilities=True)
     result = segment(store, model=pointwise_model, axes="ZYX", device="cpu", return_probabilities=True)
     np.testing.assert_array_equal(result.instances, expected.instances)
     np.testing.assert_array_equal(result.probabilities, expected.probabilities)
     transposed = segment(np.ascontiguousarray(volume.transpose(1, 2, 0)), model=pointwise_model, axes="YXZ", device="cpu")
-    store_t = zarr.create_array(store={}, shape=transposed.instances.shape, chunks=(32, 64, 1), dtype=volume.dtype) if hasattr(zarr, "create_array") else None
+    store_t = (
+        zarr.create_array(store={}, shape=transposed.instances.shape, chunks=(32, 64, 1), dtype=volume.dtype)
+        if hasattr(zarr, "create_array")
+        else None
+    )
     if store_t is not None:
         store_t[:] = volume.transpose(1, 2, 0)
         np.testing.assert_array_equal(segment(store_t, model=pointwise_model, axes="YXZ", device="cpu").instances, transposed.instances)
@@ -319,7 +329,9 @@ def test_small_planes_are_batched_and_give_the_same_answer(tiny_model, monkeypat
 
     monkeypatch.setattr(inference, "_inference_network", recording)
     progress = []
-    batched = segment(stack, model=tiny_model, axes="ZYX", device="cpu", return_probabilities=True, batch_size=8, progress=lambda d, t: progress.append((d, t)))
+    batched = segment(
+        stack, model=tiny_model, axes="ZYX", device="cpu", return_probabilities=True, batch_size=8, progress=lambda d, t: progress.append((d, t))
+    )
     assert shapes[0][0] == 5  # every plane in one forward pass
     assert progress == [(5, 5)]
     shapes.clear()
@@ -355,5 +367,15 @@ def test_inference_copy_is_cached_until_the_weights_change(tiny_model):
     tiny_model.network.head = torch.nn.Conv2d(4, 3, 1)  # a replaced layer
     fourth = fast()
     assert fourth is not third and fast() is fourth
-    torch.testing.assert_close(fourth.head.weight, tiny_model.network.head.weight.detach().to(fourth.head.weight.dtype).contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(
+        fourth.head.weight, tiny_model.network.head.weight.detach().to(fourth.head.weight.dtype).contiguous(memory_format=torch.channels_last)
+    )
     assert _inference_network(tiny_model.network, cpu, "float32")[0].dtype == torch.float32  # another dtype: another copy
+
+
+def test_segment_leaves_the_global_random_state_alone(tiny_model):
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    segment(np.random.default_rng(0).random((20, 20), dtype=np.float32), model=tiny_model, device="cpu", precision="float32")
+    assert torch.equal(torch.rand(3), expected)

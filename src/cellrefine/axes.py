@@ -56,7 +56,9 @@ def check_axes(shape, axes: str | None) -> str:
         raise TypeError(f"axes must be a string such as 'YX', 'ZYX' or 'TZCYX', got {type(axes).__name__}.")
     axes = axes.upper()
     if len(axes) != len(shape):
-        raise ValueError(f"axes {axes!r} has {len(axes)} letters but the image has {len(shape)} dimensions (shape {shape}); give one letter per dimension.")
+        raise ValueError(
+            f"axes {axes!r} has {len(axes)} letters but the image has {len(shape)} dimensions (shape {shape}); give one letter per dimension."
+        )
     unknown = set(axes) - set(AXES)
     if unknown:
         raise ValueError(f"axes {axes!r} contains unknown letters {sorted(unknown)}; use letters from {AXES!r}.")

@@ -190,7 +190,18 @@ def cmd_finetune(args) -> int:
     except ImportError:
         bar = _LogProgress("fine-tuning")
     try:
-        tuned = finetune(model, arrays, label_arrays, mask_arrays if masks else None, axes=axes_list, steps=args.steps, device=args.device, progress=bar, kind=args.kind, seed=args.seed)
+        tuned = finetune(
+            model,
+            arrays,
+            label_arrays,
+            mask_arrays if masks else None,
+            axes=axes_list,
+            steps=args.steps,
+            device=args.device,
+            progress=bar,
+            kind=args.kind,
+            seed=args.seed,
+        )
     finally:
         bar.close()
     path = tuned.save(args.output)
@@ -213,7 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     seg = sub.add_parser(
-        "segment", help="segment images and write instance labels as TIFF",
+        "segment",
+        help="segment images and write instance labels as TIFF",
         description="Segment 2D images or stacks (files, folders or glob patterns) and write uint32 instance labels "
         "(0 = background) as TIFF in the input's axis order, without the channel axis.",
     )
@@ -225,14 +237,17 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="default: auto (CUDA, then MPS, then CPU)")
     seg.add_argument("--semantic", action="store_true", help="also write NAME_classes.tif (0 background, 1 cell, 2 boundary)")
     seg.add_argument("--tile-size", type=int, default=None, help="tile core size in pixels (default by device)")
-    seg.add_argument("--foreground-threshold", type=float, help="cell+boundary probability for foreground (default: the model's, 0.8 for the bundled one)")
+    seg.add_argument(
+        "--foreground-threshold", type=float, help="cell+boundary probability for foreground (default: the model's, 0.8 for the bundled one)"
+    )
     seg.add_argument("--seed-threshold", type=float, help="cell probability for watershed seeds (default: the model's, 0.8 for the bundled one)")
     seg.add_argument("--min-size", type=int, help="smallest object kept, in pixels (default: the model's, 15)")
     seg.add_argument("--stitch-threshold", type=float, help="IoU linking objects across Z planes (default: the model's, 0.25)")
     seg.set_defaults(func=cmd_segment)
 
     ft = sub.add_parser(
-        "finetune", help="fine-tune a model on corrected labels and save it",
+        "finetune",
+        help="fine-tune a model on corrected labels and save it",
         description="Fine-tune the bundled (or --model) network on images and their corrected instance labels; "
         "optional masks mark the reviewed pixels (others are ignored).",
     )

@@ -21,7 +21,7 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "float32", "bfloat16")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _mps_works() -> bool:
     import torch
 
@@ -35,7 +35,7 @@ def _mps_works() -> bool:
         with torch.inference_mode():
             network(torch.zeros(1, 1, 16, 16, device="mps")).cpu()
         return True
-    except Exception as error:  # noqa: BLE001 - any failure means "do not use MPS"; reported below
+    except Exception as error:
         warnings.warn(f"Apple MPS is available but a test forward pass failed ({error}); using the CPU.", RuntimeWarning, stacklevel=3)
         logger.warning("MPS probe failed: %s", error)
         return False
@@ -84,7 +84,7 @@ def autocast_dtype(device):
     return None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def cpu_bf16_supported() -> bool:
     """True when oneDNN runs bfloat16 convolutions natively on this CPU (AVX512-BF16 or AMX)."""
     import torch

@@ -30,11 +30,11 @@ import dataclasses
 import logging
 import time
 import weakref
-from typing import Callable, Iterator
+from collections.abc import Iterator
 
 import numpy as np
 
-from .axes import check_axes, from_tzyx, spatial_shape, to_tzcyx
+from .axes import check_axes, from_tzyx, to_tzcyx
 from .postprocess import PostprocessSettings, probabilities_to_instances, stitch_planes
 
 logger = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ class Segmentation:
     device: str
     settings: PostprocessSettings
 
-    def postprocess(self, **parameters) -> "Segmentation":
+    def postprocess(self, **parameters) -> Segmentation:
         """Re-run the watershed on the cached probabilities with new parameters.
 
         Parameters are those of :class:`~cellrefine.postprocess.PostprocessSettings`.
@@ -314,12 +314,16 @@ def iter_tiles(network, plane: np.ndarray, tile_size: int, device, batch_size: i
     return out
 
 
-def predict_probabilities(network, plane: np.ndarray, tile_size: int = 2048, device=None, batch_size: int = 1, precision: str = "auto") -> np.ndarray:
-    """Class probabilities of one normalised (C, Y, X) plane by overlap-tile inference."""
+def predict_probabilities(
+    network, plane: np.ndarray, tile_size: int | None = None, device=None, batch_size: int = 1, precision: str = "auto"
+) -> np.ndarray:
+    """Class probabilities of one normalised (C, Y, X) plane by overlap-tile inference
+    (``tile_size`` None: :func:`default_tile_size` of the device)."""
     import torch
 
-    device = device or next(network.parameters()).device
-    generator = iter_tiles(network, np.asarray(plane, np.float32), tile_size, torch.device(device), batch_size, precision)
+    device = torch.device(device or next(network.parameters()).device)
+    tile_size = tile_size or default_tile_size(device)
+    generator = iter_tiles(network, np.asarray(plane, np.float32), tile_size, device, batch_size, precision)
     while True:
         try:
             next(generator)
@@ -412,7 +416,9 @@ class PlaneReader:
         self.in_channels = model.network.in_channels
         self.n_channels = n_c
         if n_c != self.in_channels and self.in_channels != 1:
-            raise ValueError(f"the model expects {self.in_channels} channels but the image has {n_c} (axes {axes!r}); pick a matching model or channels.")
+            raise ValueError(
+                f"the model expects {self.in_channels} channels but the image has {n_c} (axes {axes!r}); pick a matching model or channels."
+            )
         self.check_finite = np.dtype(image.dtype).kind == "f"
         norm = model.config.get("normalization", {})
         low, high = float(norm.get("low_percentile", 1.0)), float(norm.get("high_percentile", 99.8))
@@ -534,14 +540,25 @@ def iter_segment(
     probabilities = np.zeros((3, n_t, n_z, height, width), np.float16) if return_probabilities else None
     started = time.perf_counter()
     done = 0
-    pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="cellrefine-postprocess") if OVERLAP_POSTPROCESS and len(plane_list) > group else None
+    pool = (
+        concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="cellrefine-postprocess")
+        if OVERLAP_POSTPROCESS and len(plane_list) > group
+        else None
+    )
     pending = None
     try:
         for first in range(0, len(plane_list), group):
             indices = plane_list[first : first + group]
             outs = [np.empty((network.out_channels, height, width), np.float32) for _ in indices]
             generator = _predict_planes(
-                network, amp, [reader.plane(t, z) for t, z in indices], tile_size, torch_device, batch_size, outs, [semantic[t, z] for t, z in indices]
+                network,
+                amp,
+                [reader.plane(t, z) for t, z in indices],
+                tile_size,
+                torch_device,
+                batch_size,
+                outs,
+                [semantic[t, z] for t, z in indices],
             )
             for tiles_done, _, k in generator:
                 yield SegmentProgress(done + tiles_done, total, indices[k], time.perf_counter() - started)

@@ -462,10 +462,7 @@ def aggregate(scores) -> dict:
     totals = {k: np.sum([item[k] for item in scores], axis=0).astype(np.int64) for k in _COUNT_KEYS}
     result = {"thresholds": thresholds}
     result.update({k: [int(v) for v in totals[k]] for k in _COUNT_KEYS})
-    per = [
-        _scores_from_counts(tp, fp, fn, both_empty=(tp + fp + fn == 0))
-        for tp, fp, fn in zip(result["tp"], result["fp"], result["fn"])
-    ]
+    per = [_scores_from_counts(tp, fp, fn, both_empty=(tp + fp + fn == 0)) for tp, fp, fn in zip(result["tp"], result["fp"], result["fn"])]
     for key in ("precision", "recall", "f1"):
         result[key] = [p[key] for p in per]
     result["ap"] = [p["accuracy"] for p in per]

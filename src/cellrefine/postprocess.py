@@ -40,7 +40,7 @@ class PostprocessSettings:
     min_size: int = 15
     stitch_threshold: float = 0.25
 
-    def validate(self) -> "PostprocessSettings":
+    def validate(self) -> PostprocessSettings:
         for name in ("foreground_threshold", "seed_threshold"):
             value = getattr(self, name)
             if not 0 <= value <= 1:

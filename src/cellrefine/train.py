@@ -83,8 +83,15 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
 
     settings = FinetuneSettings(
-        batch_size=args.batch_size, crop_size=args.crop_size, learning_rate=args.lr, weighting=args.weighting,
-        freeze_norm=False, elastic=0.5, dice=0.5, changed_weight=1.0, seed=args.seed,
+        batch_size=args.batch_size,
+        crop_size=args.crop_size,
+        learning_rate=args.lr,
+        weighting=args.weighting,
+        freeze_norm=False,
+        elastic=0.5,
+        dice=0.5,
+        changed_weight=1.0,
+        seed=args.seed,
     )
     started = time.time()
     pairs = load_npz_folder(args.train_dir)
@@ -93,7 +100,12 @@ def main(argv=None) -> int:
     rng = np.random.default_rng(args.seed)
     sampler = _Sampler(samples, args.crop_size, rng)
     sampler.image_p = np.full(len(samples), 1 / len(samples))  # every image equally likely
-    model = Model(config={"name": args.name, "architecture": {"in_channels": 1, "out_channels": 3, "depth": args.depth, "base_channels": args.base_channels, "norm": "batch"}})
+    model = Model(
+        config={
+            "name": args.name,
+            "architecture": {"in_channels": 1, "out_channels": 3, "depth": args.depth, "base_channels": args.base_channels, "norm": "batch"},
+        }
+    )
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     losses = []
     record = {
@@ -113,7 +125,14 @@ def main(argv=None) -> int:
         if step % args.save_every == 0 or step == args.steps:
             model.network.eval()
             snapshot = model.copy()
-            snapshot.config["provenance"] = [dict(record, steps=step, seconds=round(time.time() - started), loss_curve=[round(float(np.mean(losses[i:i + 50])), 4) for i in range(0, len(losses), 50)])]
+            snapshot.config["provenance"] = [
+                dict(
+                    record,
+                    steps=step,
+                    seconds=round(time.time() - started),
+                    loss_curve=[round(float(np.mean(losses[i : i + 50])), 4) for i in range(0, len(losses), 50)],
+                )
+            ]
             snapshot.save(out / (f"step_{step:05d}.safetensors" if step != args.steps else "final.safetensors"))
             model.network.train()
     (out / "train_log.json").write_text(json.dumps({"losses": losses, "seconds": time.time() - started}))

@@ -10,17 +10,16 @@ was passed in is never modified.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import datetime
 import logging
 import math
 import time
-from typing import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from .targets import BACKGROUND, BOUNDARY, CELL, border_weight_map, class_weight_map, instances_to_semantic
+from .targets import border_weight_map, class_weight_map, instances_to_semantic
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +79,7 @@ class FinetuneSettings:
     validate_every: int = 25
     calibrate_postprocess: bool = True  # re-pick watershed thresholds on the training planes
 
-    def validate(self) -> "FinetuneSettings":
+    def validate(self) -> FinetuneSettings:
         """Raise ValueError naming the first invalid setting; return self."""
         if self.weighting not in ("unet", "class"):
             raise ValueError(f"weighting must be 'unet' or 'class', got {self.weighting!r}.")
@@ -287,7 +286,6 @@ def weighted_loss(logits, semantic, weights, dice: float = 0.0, teacher=None, di
     soft Dice over the weighted (reviewed) pixels of the cell and boundary classes,
     plus ``distill`` x the mean KL divergence from ``teacher`` (the parent model's
     probabilities) over the *unreviewed* pixels (weight 0) where a teacher exists."""
-    import torch
     from torch.nn import functional as F
 
     ce = F.cross_entropy(logits.float(), semantic, reduction="none")
@@ -321,7 +319,11 @@ def _lr_at(step: int, total: int, base: float) -> float:
     return base * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def optimize(network, sampler: "_Sampler", settings: FinetuneSettings, device, total_steps: int, seed: int = 0, start_step: int = 0):
+#: Fine-tune under bfloat16 autocast on CPUs with native bf16 (see docs/benchmarks.md).
+CPU_BF16_TRAINING = True
+
+
+def optimize(network, sampler: _Sampler, settings: FinetuneSettings, device, total_steps: int, seed: int = 0, start_step: int = 0):
     """Generator of ``(step, loss, seconds)``: one AdamW step per iteration.
 
     Batches are drawn by a background thread (one batch ahead) so sampling
@@ -349,12 +351,21 @@ def optimize(network, sampler: "_Sampler", settings: FinetuneSettings, device, t
     except (RuntimeError, TypeError, ValueError):
         optimizer = torch.optim.AdamW(network.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
     amp_dtype = autocast_dtype(device)
+    if amp_dtype is None and device.type == "cpu" and CPU_BF16_TRAINING:
+        from .device import cpu_bf16_supported
+
+        # bfloat16 autocast (float32 master weights) on CPUs with native bf16: ~1.8x faster steps
+        amp_dtype = torch.bfloat16 if cpu_bf16_supported() else None
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
 
     def make_batch():
         image, semantic, weights, teacher = sampler.batch(settings.batch_size)
         augmented = augment(
-            torch.from_numpy(image), torch.from_numpy(semantic.astype(np.int64)), torch.from_numpy(weights), generator, settings.elastic,
+            torch.from_numpy(image),
+            torch.from_numpy(semantic.astype(np.int64)),
+            torch.from_numpy(weights),
+            generator,
+            settings.elastic,
             teacher=None if teacher is None else torch.from_numpy(teacher),
         )
         return augmented if teacher is not None else (*augmented, None)
@@ -417,11 +428,15 @@ def _collect_planes(images, labels, masks, axes, kind: str, model):
         expected = spatial_shape(image.shape, image_axes)
         label = np.asarray(labels[index])
         if label.shape != expected:
-            raise ValueError(f"labels[{index}] has shape {label.shape} but image {index} (axes {image_axes!r}) needs {expected}: one label per pixel, no channel axis.")
+            raise ValueError(
+                f"labels[{index}] has shape {label.shape} but image {index} (axes {image_axes!r}) needs {expected}: one label per pixel, no channel axis."
+            )
         if label.dtype.kind not in "iub":
             raise TypeError(f"labels[{index}] must be integers (instance ids or classes 0/1/2), got dtype {label.dtype}.")
         if kind == "semantic" and label.size and (label.min() < 0 or label.max() > 2):
-            raise ValueError(f"labels[{index}] with kind='semantic' must hold classes 0 (background), 1 (cell), 2 (boundary); got values {label.min()}..{label.max()}.")
+            raise ValueError(
+                f"labels[{index}] with kind='semantic' must hold classes 0 (background), 1 (cell), 2 (boundary); got values {label.min()}..{label.max()}."
+            )
         mask = None
         if masks is not None and masks[index] is not None:
             mask = np.asarray(masks[index])
@@ -441,7 +456,9 @@ def _collect_planes(images, labels, masks, axes, kind: str, model):
     if not planes:
         raise ValueError("no pixel is marked as reviewed in any mask: nothing to learn from. Paint corrections or mark a region as reviewed first.")
     if all(mask is None for _, _, mask in planes) and not any(label.any() for _, label, _ in planes):
-        raise ValueError("the labels contain no objects and no mask marks reviewed background: nothing to learn from. Paint some objects, or pass masks for reviewed background.")
+        raise ValueError(
+            "the labels contain no objects and no mask marks reviewed background: nothing to learn from. Paint some objects, or pass masks for reviewed background."
+        )
     return planes
 
 

@@ -21,7 +21,11 @@ def _stack(n=3):
 # (data, add_image kwargs, expected label shape, expected kept scale)
 CASES = {
     "2D": (lambda: make_blobs()[0], {"scale": (0.5, 0.25), "translate": (10, 20)}, (64, 64)),
-    "RGB": (lambda: np.repeat(make_blobs()[0][..., None], 3, axis=-1).astype(np.uint8), {"rgb": True, "scale": (0.5, 0.25), "translate": (1, 2)}, (64, 64)),
+    "RGB": (
+        lambda: np.repeat(make_blobs()[0][..., None], 3, axis=-1).astype(np.uint8),
+        {"rgb": True, "scale": (0.5, 0.25), "translate": (1, 2)},
+        (64, 64),
+    ),
     "ZYX": (_stack, {"scale": (2.0, 0.5, 0.5), "translate": (5, 0, 1)}, (3, 64, 64)),
     "TYX": (_stack, {"axis_labels": ("t", "y", "x"), "scale": (1.0, 0.5, 0.5), "translate": (0, 3, 4)}, (3, 64, 64)),
     "multiscale": (lambda: [make_blobs()[0], make_blobs()[0][::2, ::2]], {"multiscale": True, "scale": (2.0, 2.0)}, (64, 64)),
@@ -100,7 +104,7 @@ def test_edited_layer_survives_rerun(qtbot, viewer, blobs):
     viewer.add_image(blobs[0], name="img")
     widget = SegmentWidget(viewer)
     finish(qtbot, widget.run())
-    classes, instances = viewer.layers["img classes"], viewer.layers["img instances"]
+    instances = viewer.layers["img instances"]
     instances.brush_size = 6
     instances.paint((20, 20), 77)  # the paint tool's code path: fires events.paint
     painted = instances.data == 77

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 from qtpy.QtCore import QTimer
@@ -118,7 +119,9 @@ class CorrectionsPanel(QWidget):
             raise UserError("Choose a labels layer to review first.")
         tracker = self.session.tracker_for(labels)
         if tracker is None:
-            raise UserError(f"{labels.name!r} is not a CellRefine result layer, so reviewed regions cannot be recorded; every slice holding labels is used for training.")
+            raise UserError(
+                f"{labels.name!r} is not a CellRefine result layer, so reviewed regions cannot be recorded; every slice holding labels is used for training."
+            )
         return labels, tracker
 
     def refresh(self) -> None:

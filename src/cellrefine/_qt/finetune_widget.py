@@ -39,17 +39,21 @@ __all__ = ["FinetuneWidget", "metrics_summary"]
 
 
 def metrics_summary(model) -> str:
-    """"reviewed accuracy 0.81 → 0.93 …" from the last provenance record of ``model``."""
+    """ "reviewed accuracy 0.81 → 0.93 …" from the last provenance record of ``model``."""
     records = model.config.get("provenance") or []
     if not records:
         return ""
     record = records[-1]
     before, after = record.get("metrics_before") or {}, record.get("metrics_after") or {}
     lines = []
-    for key, label in (("reviewed_accuracy", "reviewed pixel accuracy"), ("reviewed_iou_cell", "cell IoU"), ("reviewed_iou_boundary", "boundary IoU")):
+    for key, label in (
+        ("reviewed_accuracy", "reviewed pixel accuracy"),
+        ("reviewed_iou_cell", "cell IoU"),
+        ("reviewed_iou_boundary", "boundary IoU"),
+    ):
         if key in before or key in after:
             b, a = before.get(key), after.get(key)
-            fmt = lambda v: "n/a" if v is None or v != v else f"{v:.3f}"  # noqa: E731 - NaN-safe
+            fmt = lambda v: "n/a" if v is None or v != v else f"{v:.3f}"
             lines.append(f"{label}: {fmt(b)} → {fmt(a)}")
     return "\n".join(lines)
 
@@ -182,7 +186,9 @@ class FinetuneWidget(QWidget):
         image, labels = layer_array(image_layer), layer_array(labels_layer)
         expected = spatial_shape(image.shape, axes)
         if labels.shape != expected:
-            raise UserError(f"{labels_layer.name!r} has shape {labels.shape} but {image_layer.name!r} (axes {axes}) needs labels of shape {expected}.")
+            raise UserError(
+                f"{labels_layer.name!r} has shape {labels.shape} but {image_layer.name!r} (axes {axes}) needs labels of shape {expected}."
+            )
         tracker = self.session.tracker_for(labels_layer)
         kind = "instances"
         if tracker is None:
@@ -212,9 +218,20 @@ class FinetuneWidget(QWidget):
             self._stopped, self._best, self._adopted = {}, None, False
             self._image_layer, self._axes = inputs["image_layer"], inputs["axes"]
             self.worker = start_job(
-                finetune_job, model, [inputs["image"]], [inputs["labels"]], [inputs["mask"]],
-                inputs["axes"], inputs["kind"], int(self.steps.value()), self.device_combo.device(), settings, self._stopped,
-                on_yielded=self._on_update, on_returned=self._on_returned, on_finished=self._on_finished,
+                finetune_job,
+                model,
+                [inputs["image"]],
+                [inputs["labels"]],
+                [inputs["mask"]],
+                inputs["axes"],
+                inputs["kind"],
+                int(self.steps.value()),
+                self.device_combo.device(),
+                settings,
+                self._stopped,
+                on_yielded=self._on_update,
+                on_returned=self._on_returned,
+                on_finished=self._on_finished,
             )
         except (UserError, OSError, ValueError, TypeError) as error:
             report_error(error)
@@ -300,12 +317,17 @@ class FinetuneWidget(QWidget):
         record = self.session.record_for(layer)
         settings = record.segmentation.settings if record is not None else None
         request = SegmentRequest(
-            image_layer=layer, axes=self._axes, device=self.device_combo.device(),
-            planes=[current_plane(self.viewer, layer, self._axes)], postprocess=settings,
+            image_layer=layer,
+            axes=self._axes,
+            device=self.device_combo.device(),
+            planes=[current_plane(self.viewer, layer, self._axes)],
+            postprocess=settings,
             show_probabilities=bool(record and record.show_probabilities),
         )
         try:
-            self.followup_worker = start_segmentation(self.viewer, self.session, request, on_done=self._on_resegmented, on_finished=self._on_resegment_finished)
+            self.followup_worker = start_segmentation(
+                self.viewer, self.session, request, on_done=self._on_resegmented, on_finished=self._on_resegment_finished
+            )
         except (OSError, ValueError, TypeError) as error:
             report_error(error)
 

@@ -9,7 +9,8 @@ handler, also on the GUI thread. Workers never touch layers.
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from ..inference import iter_segment
 from ..training import iter_finetune
@@ -69,8 +70,17 @@ def start_segmentation(
             on_done(record)
 
     return start_job(
-        segment_job, image, model, request.axes, request.device, request.tile_size, request.planes, request.postprocess,
-        on_yielded=on_progress, on_returned=returned, on_finished=on_finished,
+        segment_job,
+        image,
+        model,
+        request.axes,
+        request.device,
+        request.tile_size,
+        request.planes,
+        request.postprocess,
+        on_yielded=on_progress,
+        on_returned=returned,
+        on_finished=on_finished,
     )
 
 

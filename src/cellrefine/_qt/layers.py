@@ -60,7 +60,10 @@ def layer_axes(viewer: napari.Viewer, layer, override: str = "") -> tuple[str, s
         if meta:
             candidates.append((str(meta).upper(), "layer metadata"))
         else:
-            for labels, source in ((getattr(layer, "axis_labels", ()), "layer axis labels"), (viewer.dims.axis_labels[-layer.ndim :], "viewer axis labels")):
+            for labels, source in (
+                (getattr(layer, "axis_labels", ()), "layer axis labels"),
+                (viewer.dims.axis_labels[-layer.ndim :], "viewer axis labels"),
+            ):
                 letters = _letters(labels) if len(labels) == layer.ndim else None
                 if letters and "Y" in letters and "X" in letters:
                     candidates.append((letters + ("C" if rgb else ""), source))

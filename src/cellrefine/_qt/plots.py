@@ -51,7 +51,7 @@ class LossCurve(QWidget):
             path.moveTo(point) if k == 0 else path.lineTo(point)
         return path
 
-    def paintEvent(self, event) -> None:  # noqa: N802 - Qt override
+    def paintEvent(self, event) -> None:
         painter = QPainter(self)
         painter.setRenderHint(QPainter.RenderHint.Antialiasing)
         text = self.palette().color(self.foregroundRole())

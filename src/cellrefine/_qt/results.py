@@ -93,8 +93,14 @@ def _write_probabilities(viewer, image_layer, existing, segmentation: Segmentati
         return existing
     metadata = {"cellrefine_axes": segmentation.axes + "C", "cellrefine_source": image_layer.name, "cellrefine_kind": "probabilities"}
     return viewer.add_image(
-        rgb, name=unique_name(viewer, f"{image_layer.name} probabilities"), rgb=True, contrast_limits=(0.0, 1.0),
-        metadata=metadata, opacity=0.6, blending="additive", **geometry,
+        rgb,
+        name=unique_name(viewer, f"{image_layer.name} probabilities"),
+        rgb=True,
+        contrast_limits=(0.0, 1.0),
+        metadata=metadata,
+        opacity=0.6,
+        blending="additive",
+        **geometry,
     )
 
 
@@ -113,8 +119,13 @@ def write_segmentation(
     if show_probabilities and segmentation.probabilities is not None:
         probabilities = _write_probabilities(viewer, image_layer, probabilities, segmentation, geometry)
     record = SegmentationRecord(
-        segmentation=segmentation, axes=axes, planes=planes, show_probabilities=show_probabilities,
-        classes=_ref(layers["classes"]), instances=_ref(layers["instances"]), probabilities=_ref(probabilities),
+        segmentation=segmentation,
+        axes=axes,
+        planes=planes,
+        show_probabilities=show_probabilities,
+        classes=_ref(layers["classes"]),
+        instances=_ref(layers["instances"]),
+        probabilities=_ref(probabilities),
     )
     session.set_record(image_layer, record)
     return record
@@ -126,7 +137,9 @@ def write_instances(viewer: napari.Viewer, session: Session, image_layer, segmen
     if record is None:
         raise ValueError(f"layer {image_layer.name!r} has no segmentation to update; run Segment first.")
     geometry = result_geometry(image_layer, record.axes)
-    layer = _write_labels(viewer, session, image_layer, record.layer("instances"), "instances", segmentation.instances, segmentation.axes, record.planes, geometry)
+    layer = _write_labels(
+        viewer, session, image_layer, record.layer("instances"), "instances", segmentation.instances, segmentation.axes, record.planes, geometry
+    )
     record.segmentation = segmentation
     record.instances = _ref(layer)
     session.set_record(image_layer, record)

@@ -74,7 +74,9 @@ class SegmentWidget(QWidget):
         self.tile_size.setToolTip("Tile size in pixels (memory grows with it); auto picks one for the device")
 
         defaults = PostprocessSettings()
-        self.foreground_threshold = self._double(defaults.foreground_threshold, 0.0, 1.0, "Cell + boundary probability above which a pixel is foreground")
+        self.foreground_threshold = self._double(
+            defaults.foreground_threshold, 0.0, 1.0, "Cell + boundary probability above which a pixel is foreground"
+        )
         self.seed_threshold = self._double(defaults.seed_threshold, 0.0, 1.0, "Cell probability above which a pixel seeds an object")
         self.min_size = QSpinBox()
         self.min_size.setRange(0, 1_000_000)
@@ -219,8 +221,13 @@ class SegmentWidget(QWidget):
         settings = dataclasses.replace(PostprocessSettings(**model.config.get("postprocess", {})), **self.postprocess_parameters()).validate()
         planes = [current_plane(self.viewer, layer, axes)] if self.current_slice.isChecked() else None
         return SegmentRequest(
-            image_layer=layer, axes=axes, device=self.device_combo.device(), tile_size=self.tile_size.value() or None,
-            planes=planes, postprocess=settings, show_probabilities=self.show_probabilities.isChecked(),
+            image_layer=layer,
+            axes=axes,
+            device=self.device_combo.device(),
+            tile_size=self.tile_size.value() or None,
+            planes=planes,
+            postprocess=settings,
+            show_probabilities=self.show_probabilities.isChecked(),
         )
 
     def run(self):

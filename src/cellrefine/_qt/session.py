@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["Session", "SegmentationRecord", "get_session", "unwrap_viewer"]
 
-_SESSIONS: "weakref.WeakKeyDictionary[napari.Viewer, Session]" = weakref.WeakKeyDictionary()
+_SESSIONS: weakref.WeakKeyDictionary[napari.Viewer, Session] = weakref.WeakKeyDictionary()
 
 
 def unwrap_viewer(viewer: napari.Viewer) -> napari.Viewer:
@@ -50,7 +50,7 @@ def unwrap_viewer(viewer: napari.Viewer) -> napari.Viewer:
     return getattr(viewer, "__wrapped__", viewer)
 
 
-def get_session(viewer: napari.Viewer) -> "Session":
+def get_session(viewer: napari.Viewer) -> Session:
     """The session of ``viewer`` (created on first use; proxies are unwrapped)."""
     viewer = unwrap_viewer(viewer)
     session = _SESSIONS.get(viewer)

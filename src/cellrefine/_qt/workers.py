@@ -70,7 +70,7 @@ class JobWorker(GeneratorWorker):
         finally:
             try:
                 self._gen.close()
-            except Exception:  # noqa: BLE001 - a failing cleanup must not hide the job's own result
+            except Exception:
                 logger.exception("error while closing a CellRefine job")
 
     # napari's mixin may relay errors/warnings itself; start_job connects them explicitly instead
@@ -119,7 +119,7 @@ def _reporting(handler):
     def wrapped(*args):
         try:
             handler(*args)
-        except Exception as error:  # noqa: BLE001 - reported to the user, not swallowed
+        except Exception as error:
             report_error(error)
 
     return wrapped

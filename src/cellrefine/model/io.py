@@ -82,7 +82,7 @@ class Model:
     def class_names(self) -> list:
         return list(self.config["class_names"])
 
-    def copy(self) -> "Model":
+    def copy(self) -> Model:
         """A deep copy (network weights on the CPU, config)."""
         network = copy.deepcopy(self.network).cpu()
         return Model(network, copy.deepcopy(self.config))
@@ -153,7 +153,7 @@ def _read_safetensors(path: Path):
         state = load_bytes(data)
         header_len = int.from_bytes(data[:8], "little")
         header = json.loads(data[8 : 8 + header_len])
-    except Exception as error:  # noqa: BLE001 - safetensors raises several types; re-raised as ModelFileError
+    except Exception as error:
         raise ModelFileError(f"{path} is not a valid safetensors file ({error}); it may be truncated or of another format.") from error
     metadata = header.get("__metadata__") or {}
     return state, metadata

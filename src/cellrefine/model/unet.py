@@ -153,8 +153,7 @@ class UNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4:
             raise ValueError(
-                f"UNet expects a 4D tensor (N, C, Y, X), got shape {tuple(x.shape)}; "
-                "add batch/channel axes with x[None, None] for a single 2D image."
+                f"UNet expects a 4D tensor (N, C, Y, X), got shape {tuple(x.shape)}; add batch/channel axes with x[None, None] for a single 2D image."
             )
         if x.shape[1] != self.in_channels:
             raise ValueError(
@@ -176,7 +175,7 @@ class UNet(nn.Module):
             x = x[..., :height, :width]
         return x
 
-    def for_inference(self, device=None, dtype=None) -> "InferenceUNet":
+    def for_inference(self, device=None, dtype=None) -> InferenceUNet:
         """A fast, inference-only copy of this network (see :class:`InferenceUNet`).
 
         The network itself is never modified.
@@ -329,12 +328,13 @@ class InferenceUNet(nn.Module):
         self.encoders = nn.ModuleList(self._double(block) for block in network.encoders)
         self.bottleneck = self._double(network.bottleneck)
         self.upsamplers = nn.ModuleList()
+        # skip_init: no random initialisation (the global RNG is left alone), the weights are copied in
         for upsample in network.upsamplers:
-            copy = nn.ConvTranspose2d(upsample.in_channels, upsample.out_channels, 2, stride=2)
+            copy = nn.utils.skip_init(nn.ConvTranspose2d, upsample.in_channels, upsample.out_channels, 2, stride=2, device=first.device)
             copy.load_state_dict(upsample.state_dict())
             self.upsamplers.append(copy)
         self.decoders = nn.ModuleList(self._double(block, skip_channels=block[0].in_channels // 2) for block in network.decoders)
-        self.head = nn.Conv2d(network.head.in_channels, network.head.out_channels, 1)
+        self.head = nn.utils.skip_init(nn.Conv2d, network.head.in_channels, network.head.out_channels, 1, device=first.device)
         self.head.load_state_dict(network.head.state_dict())
         self.requires_grad_(False)
         # channels-last suits oneDNN (CPU) and cuDNN; MPS keeps the default layout
