@@ -49,24 +49,13 @@ def interleaved(variants: dict, rounds: int) -> dict:
 def network_variants(model, size: int, rounds: int) -> dict:
     import torch
 
-    from cellrefine.model import unet
-
     x = torch.rand(1, 1, size, size)
     plain = model.network
     channels_last = copy.deepcopy(plain).to(memory_format=torch.channels_last)
-    mkldnn = unet._MKLDNN
 
     def fast(dtype, fused: bool, split: bool):
-        network = plain.for_inference(dtype=dtype)
-
-        def run():
-            unet._MKLDNN, unet.SPLIT_SKIP_CONCAT = (mkldnn if fused else None), split
-            try:
-                network(x).float()
-            finally:
-                unet._MKLDNN, unet.SPLIT_SKIP_CONCAT = mkldnn, True
-
-        return run
+        network = plain.for_inference(dtype=dtype, fused=fused, split_skip_concat=split)
+        return lambda: network(x).float()
 
     def autocast_unfolded():
         with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -125,7 +114,7 @@ def training_variants(model, rounds: int) -> dict:
     """One fine-tuning step (batch 4 x 192², weighted CE + Dice, AdamW) in the layouts/precisions tried."""
     import torch
 
-    from cellrefine.training import weighted_loss
+    from cellrefine.training import freeze_batchnorm, weighted_loss
 
     generator = torch.Generator().manual_seed(0)
     images = torch.rand(4, 1, 192, 192, generator=generator)
@@ -134,9 +123,7 @@ def training_variants(model, rounds: int) -> dict:
 
     def make(channels_last: bool, bf16: bool, fused: bool):
         network = copy.deepcopy(model.network).train()
-        for module in network.modules():
-            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-                module.eval()
+        freeze_batchnorm(network)
         if channels_last:
             network = network.to(memory_format=torch.channels_last)
         optimizer = torch.optim.AdamW(network.parameters(), lr=1e-4, fused=fused)

@@ -108,7 +108,8 @@ def instrumented_segment(image, model, **kwargs) -> dict:
     from cellrefine import inference
 
     state = {"network": None, "post_s": 0.0}
-    make_network, postprocess_plane = inference._inference_network, inference._postprocess_plane
+    # wraps the public names the pipeline calls (cellrefine.inference's namespace), restored afterwards
+    make_network, postprocess_plane = inference.inference_network, inference.probabilities_to_instances
 
     def timed_network(*args, **kw):
         network, amp = make_network(*args, **kw)
@@ -117,16 +118,17 @@ def instrumented_segment(image, model, **kwargs) -> dict:
 
     def timed_postprocess(*args, **kw):
         started = time.perf_counter()
-        postprocess_plane(*args, **kw)
+        out = postprocess_plane(*args, **kw)
         state["post_s"] += time.perf_counter() - started
+        return out
 
-    inference._inference_network, inference._postprocess_plane = timed_network, timed_postprocess
+    inference.inference_network, inference.probabilities_to_instances = timed_network, timed_postprocess
     try:
         started = time.perf_counter()
         result = cr.segment(image, model=model, device="cpu", **kwargs)
         total = time.perf_counter() - started
     finally:
-        inference._inference_network, inference._postprocess_plane = make_network, postprocess_plane
+        inference.inference_network, inference.probabilities_to_instances = make_network, postprocess_plane
     return {
         "total_s": total,
         "network_s": state["network"].seconds,
@@ -165,7 +167,8 @@ def naive_segment(image: np.ndarray, model) -> np.ndarray:
 def bench_size(model, image: np.ndarray, flops_per_pixel: float, repeats: int) -> dict:
     import torch
 
-    from cellrefine.inference import PlaneReader, _inference_network
+    from cellrefine.reader import PlaneReader
+    from cellrefine.tiling import inference_network
 
     pixels = image.size
     mpix = pixels / 1e6
@@ -184,7 +187,7 @@ def bench_size(model, image: np.ndarray, flops_per_pixel: float, repeats: int) -
 
     plane = PlaneReader(image, "YX", model).plane(0, 0)
     x = torch.from_numpy(plane)[None]
-    fast, amp = _inference_network(model.network, device)
+    fast, amp = inference_network(model.network, device)
     with torch.inference_mode():
         bare_fast = timed(lambda: fast(x).float(), repeats=repeats)
         bare_f32 = timed(lambda: model.network(x), repeats=repeats)
@@ -213,14 +216,15 @@ def bench_cuda(model, data, sizes, repeats: int) -> dict:
     import torch
 
     import cellrefine as cr
-    from cellrefine.inference import PlaneReader, _inference_network
+    from cellrefine.reader import PlaneReader
+    from cellrefine.tiling import inference_network
 
     device = torch.device("cuda")
     out = {"gpu": torch.cuda.get_device_name(0), "sizes": {}}
     for size in sizes:
         image = mosaic(data, size, seed=size)
         pipeline = timed(lambda: cr.segment(image, model=model, device="cuda"), repeats=repeats)  # noqa: B023 - timed at once
-        network, amp = _inference_network(model.network, device)
+        network, amp = inference_network(model.network, device)
         x = torch.from_numpy(PlaneReader(image, "YX", model).plane(0, 0))[None].to(device)
 
         def bare(network=network, x=x, amp=amp):

@@ -64,34 +64,35 @@ def run(data, planes: int = 64, size: int = 1024, with_dask: bool = False, overl
     import cellrefine as cr
     from cellrefine import inference
 
-    inference.OVERLAP_POSTPROCESS = overlap
     volume = stack(data, planes, size)
     model = cr.load_model(model_path)
     cr.segment(volume[0, :256, :256], model=model, device="cpu")  # warm-up: torch/oneDNN one-off allocations
     baseline = rss()
     maxrss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     timers = {"watershed_s": 0.0, "stitch_s": 0.0}
-    postprocess_plane, link_stack = inference._postprocess_plane, inference._link_stack
+    # wraps the public names the pipeline calls (cellrefine.inference's namespace), restored afterwards
+    postprocess_plane, stitch = inference.probabilities_to_instances, inference.stitch_planes
 
     def timed_plane(*args, **kwargs):  # CPU seconds of the (worker) thread: its wall time is inflated by sharing the cores
         t0 = time.thread_time()
-        postprocess_plane(*args, **kwargs)
+        out = postprocess_plane(*args, **kwargs)
         timers["watershed_s"] += time.thread_time() - t0
+        return out
 
-    def timed_link(*args, **kwargs):
+    def timed_stitch(*args, **kwargs):
         t0 = time.perf_counter()
-        out = link_stack(*args, **kwargs)
+        out = stitch(*args, **kwargs)
         timers["stitch_s"] += time.perf_counter() - t0
         return out
 
-    inference._postprocess_plane, inference._link_stack = timed_plane, timed_link
+    inference.probabilities_to_instances, inference.stitch_planes = timed_plane, timed_stitch
     try:
         with PeakSampler() as sampler:
             started = time.perf_counter()
-            result = cr.segment(volume, model=model, axes="ZYX", device="cpu")
+            result = cr.segment(volume, model=model, axes="ZYX", device="cpu", overlap_postprocess=overlap)
             seconds = time.perf_counter() - started
     finally:
-        inference._postprocess_plane, inference._link_stack = postprocess_plane, link_stack
+        inference.probabilities_to_instances, inference.stitch_planes = postprocess_plane, stitch
     maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     peak = max(sampler.peak, maxrss)
     out = {

@@ -35,6 +35,7 @@ def main(argv=None):
     import torch
 
     import cellrefine as cr
+    from cellrefine.training import finetune_summary
 
     model = cr.load_model(args.model)
     train = load_folder(Path(args.folder) / args.train_subdir)[: args.n_train]
@@ -51,11 +52,14 @@ def main(argv=None):
         "train_images": [t[2] for t in train],
         "steps": record["steps"],
         "finetune_seconds": round(seconds, 1),
-        "steps_per_second": round(record["steps"] / seconds, 2),
+        "steps_per_second": round(record["steps"] / record["training_seconds"], 2),
         "val_f1_before": [round(v, 3) for v in before["f1"]],
         "val_f1_after": [round(v, 3) for v in after["f1"]],
         "val_mean_f1_before": round(before["mean_f1"], 3),
         "val_mean_f1_after": round(after["mean_f1"], 3),
+        "training_seconds": record["training_seconds"],
+        "checkpoint_step": record["checkpoint"]["step"],
+        "summary": finetune_summary(tuned),
     }
     print(json.dumps(result))
     if args.json:

@@ -11,6 +11,14 @@ delay of a tick is how much later than 20 ms after the previous tick it came;
 reported as p50/p95/max in milliseconds, for the idle and the training phase
 (and for the training phase after the first optimisation step, i.e. without
 the start-up: reading the planes, the parent's predictions, target maps).
+
+``--widgets`` also measures the napari widgets themselves (needs a display:
+``xvfb-run -a``), with pass/fail checks that used to be unit-test asserts:
+
+* the same 20 ms timer while the Fine-tune widget trains (p95 extra delay
+  < 100 ms, max < 500 ms), the time from pressing Fine-tune to the first
+  step, and from Stop to the returned (calibrated) model;
+* how fast Cancel stops a segmentation of a 1536² image in 32² tiles (< 3 s).
 """
 
 from __future__ import annotations
@@ -129,14 +137,115 @@ def run(data, seconds: float = 20.0, idle_seconds: float = 3.0, interval_ms: int
     }
 
 
+def _blobs(shape=(256, 256), n=40, seed=0):
+    """Bright disks on a dark noisy background (float32) and their instance labels."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    labels = np.zeros(shape, np.uint32)
+    for index in range(1, n + 1):
+        cy, cx, radius = rng.integers(10, shape[0] - 10), rng.integers(10, shape[1] - 10), rng.integers(5, 10)
+        labels[(yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2] = index
+    image = (labels > 0).astype(np.float32) * 100 + rng.normal(10, 3, shape).astype(np.float32)
+    return image, labels
+
+
+def _wait(predicate, timeout: float) -> bool:
+    """Run the Qt event loop until ``predicate()`` or ``timeout`` seconds."""
+    from qtpy.QtWidgets import QApplication
+
+    end = time.perf_counter() + timeout
+    while not predicate():
+        if time.perf_counter() > end:
+            return False
+        QApplication.processEvents()
+        time.sleep(0.005)
+    return True
+
+
+def run_widgets(seconds: float = 8.0, tiny: bool = False, interval_ms: int = 20) -> dict:
+    """GUI timer delays while the Fine-tune widget trains, and Cancel latency of the Segment widget."""
+    import napari
+    from qtpy.QtCore import QTimer
+
+    from cellrefine._qt.finetune_widget import FinetuneWidget
+    from cellrefine._qt.segment_widget import SegmentWidget
+    from cellrefine._qt.session import get_session
+
+    viewer = napari.Viewer(show=False)
+    session = get_session(viewer)
+    if tiny:
+        from cellrefine.model.io import Model
+
+        config = {"name": "tiny", "architecture": {"in_channels": 1, "out_channels": 3, "depth": 2, "base_channels": 4, "norm": "batch"}}
+        session.set_model(Model(config=config))
+    image, labels = _blobs()
+    viewer.add_image(image, name="blobs")
+    segment = SegmentWidget(viewer)
+    worker = segment.run()
+    _wait(lambda: not segment.controls.busy, 300)
+    instances = viewer.layers["blobs instances"]
+    instances.brush_size = 9
+    for (y, x), label in zip(np.argwhere(labels > 0)[::400][:4], range(1001, 1005)):
+        instances.paint((int(y), int(x)), label)
+
+    finetune = FinetuneWidget(viewer)
+    finetune.steps.value = 100_000
+    finetune.resegment.value = False
+    ticks, updates = [], []
+    timer = QTimer()
+    timer.setInterval(interval_ms)
+    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    timer.start()
+    pressed = time.perf_counter()
+    worker = finetune.run()
+    worker.yielded.connect(lambda update: updates.append((time.perf_counter(), update.phase, update.step)))
+    _wait(lambda: any(phase == "training" for _, phase, _ in updates), 300)
+    first_step = next((t for t, phase, _ in updates if phase == "training"), float("nan"))
+    _wait(lambda: time.perf_counter() - first_step > seconds, seconds + 60)
+    stopped = time.perf_counter()
+    finetune.stop()
+    _wait(lambda: not finetune.controls.busy, 600)
+    returned = time.perf_counter()
+    timer.stop()
+    training = [b - a for a, b in zip(ticks, ticks[1:]) if a >= first_step and b <= stopped]
+    extra = [max(0.0, delay * 1000 - interval_ms) for delay in training]
+    steps = max((step for _, phase, step in updates if phase == "training"), default=0)
+    gui = {**percentiles(extra), "steps": steps, "seconds_to_first_step": first_step - pressed, "stop_to_model_seconds": returned - stopped}
+
+    big = np.random.default_rng(0).normal(size=(1536, 1536)).astype(np.float32)
+    viewer.add_image(big, name="big")
+    viewer.layers.selection.active = viewer.layers["big"]
+    segment.tile_size.value = 32
+    progress = []
+    worker = segment.run()
+    worker.yielded.connect(progress.append)
+    _wait(lambda: len(progress) >= 3, 120)
+    cancelled = time.perf_counter()
+    segment.cancel()
+    _wait(lambda: not segment.controls.busy, 120)
+    cancel = {"seconds": time.perf_counter() - cancelled, "tiles_done": progress[-1].done if progress else 0, "tiles_total": 48 * 48}
+    viewer.close()
+    checks = {
+        "timer_p95_below_100_ms": gui.get("p95_ms", float("inf")) < 100,
+        "timer_max_below_500_ms": gui.get("max_ms", float("inf")) < 500,
+        "cancel_below_3_s": cancel["seconds"] < 3.0,
+    }
+    return {"model": "tiny (untrained)" if tiny else "bundled", "finetune_gui_timer": gui, "segment_cancel": cancel, "checks": checks}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="../shared/data")
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--idle-seconds", type=float, default=3.0)
     parser.add_argument("--json")
+    parser.add_argument("--widgets", action="store_true", help="also measure the napari widgets (see above)")
+    parser.add_argument("--widgets-only", action="store_true", help="only the napari widgets")
+    parser.add_argument("--tiny", action="store_true", help="widgets: an untrained tiny model instead of the bundled one (quick check)")
     args = parser.parse_args(argv)
-    result = {"ui": run(args.data, args.seconds, args.idle_seconds)}
+    result = {} if args.widgets_only else {"ui": run(args.data, args.seconds, args.idle_seconds)}
+    if args.widgets or args.widgets_only:
+        result["widgets"] = run_widgets(min(args.seconds, 8.0), tiny=args.tiny)
     text = json.dumps(result, indent=1, default=float)
     if args.json:
         Path(args.json).write_text(text)

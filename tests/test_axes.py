@@ -112,3 +112,21 @@ def test_spatial_shape_drops_channel():
     assert spatial_shape((5, 6, 3), "YXC") == (5, 6)
     assert spatial_shape((2, 3, 4, 5, 6), "TZCYX") == (2, 3, 5, 6)
     assert spatial_shape((3, 5, 6), "ZYX") == (3, 5, 6)
+
+
+@pytest.mark.parametrize("axes", ["YX", "ZYX", "YXZ", "TZCYX", "CYXT", "XY"])
+def test_from_tzyx_keeps_leading_axes_first(axes):
+    rng = np.random.default_rng(0)
+    shape = tuple(int(n) for n in rng.integers(2, 5, size=len(axes)))
+    image = rng.random(shape)
+    tzyx = to_tzcyx(image, axes)[:, :, 0]
+    stacked = np.stack([tzyx, 2 * tzyx, 3 * tzyx])  # (3, T, Z, Y, X), e.g. class probabilities
+    out = from_tzyx(stacked, axes)
+    assert out.shape == (3, *spatial_shape(shape, axes)) and out.flags.c_contiguous
+    for k in range(3):
+        np.testing.assert_array_equal(out[k], (k + 1) * from_tzyx(tzyx, axes))
+
+
+def test_from_tzyx_does_not_copy_when_the_order_is_kept():
+    result = np.zeros((3, 1, 4, 5, 6))
+    assert np.shares_memory(from_tzyx(result, "ZYX"), result)

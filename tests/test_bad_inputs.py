@@ -12,6 +12,7 @@ from cellrefine.inference import segment
 from cellrefine.model.io import ModelFileError, load_model
 
 CUDA = torch.cuda.is_available()
+pytestmark = pytest.mark.filterwarnings("ignore::cellrefine.normalize.BlankImageWarning")  # many cases use all-zero images
 
 
 # ----------------------------------------------------------------------------- images
@@ -235,3 +236,79 @@ def test_valid_devices():
 def test_device_names_are_case_insensitive():
     assert resolve_device("Auto").type in ("cpu", "cuda", "mps")
     assert resolve_device("CPU") == torch.device("cpu")
+
+
+# ----------------------------------------------------------------------------- numeric arguments (issue 11)
+
+_IMAGE = np.zeros((2, 16, 16), np.float32)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"batch_size": -1, "tile_size": 64}, ValueError, r"batch_size must be between 1 and 4096 \(tiles per forward pass, e.g. 4\) .* got -1"),
+        ({"batch_size": 0}, ValueError, "batch_size must be between 1 and 4096"),
+        ({"batch_size": 10**6}, ValueError, "batch_size must be between 1 and 4096"),
+        ({"batch_size": True}, TypeError, r"batch_size must be a whole number .* got True \(bool\)"),
+        ({"batch_size": 2.0}, TypeError, r"batch_size must be a whole number .* got 2.0 \(float\)"),
+        ({"batch_size": "4"}, TypeError, "batch_size must be a whole number"),
+        ({"tile_size": -5}, ValueError, r"tile_size must be between 1 and 65536 \(pixels per side of a tile, e.g. 512; .*\) .* got -5"),
+        ({"tile_size": 0}, ValueError, "tile_size must be between 1 and 65536"),
+        ({"tile_size": 2**20}, ValueError, "tile_size must be between 1 and 65536"),
+        ({"tile_size": True}, TypeError, r"tile_size must be a whole number .* got True \(bool\)"),
+        ({"tile_size": 64.5}, TypeError, "tile_size must be a whole number"),
+        ({"precision": "fp16"}, ValueError, "precision must be one of"),
+        ({"precision": None}, ValueError, "precision must be one of"),
+        ({"planes": []}, ValueError, "planes is empty; pass None to segment every plane"),
+        ({"planes": [(0, 2)]}, ValueError, r"plane index \(0, 2\) is outside the stack \(T=1, Z=2\)"),
+        ({"planes": [(0, -1)]}, ValueError, "outside the stack"),
+        ({"planes": [(True, 0)]}, TypeError, r"planes must hold \(t, z\) pairs of integers, got \(True, 0\)"),
+        ({"planes": [(0,)]}, TypeError, r"planes must hold \(t, z\) pairs of integers, got \(0,\)"),
+        ({"planes": [(0, 1.0)]}, TypeError, "pairs of integers"),
+        ({"planes": "01"}, TypeError, r"planes must be a list of \(t, z\) index pairs"),
+        ({"planes": 3}, TypeError, "planes must be a list"),
+        ({"return_probabilities": "yes"}, TypeError, "return_probabilities must be True or False, got 'yes'"),
+        ({"overlap_postprocess": 1}, TypeError, "overlap_postprocess must be True or False, got 1"),
+        ({"postprocess": "fast"}, TypeError, "postprocess must be a PostprocessSettings, a dict of its fields or None, got str"),
+    ],
+)
+def test_bad_numeric_and_option_arguments(tiny_model, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        segment(_IMAGE, model=tiny_model, axes="ZYX", device="cpu", **kwargs)
+
+
+def test_valid_numeric_arguments_of_other_integer_types(tiny_model):
+    result = segment(_IMAGE, model=tiny_model, axes="ZYX", device="cpu", tile_size=np.int64(16), batch_size=np.int32(2), planes=np.array([[0, 1]]))
+    assert result.instances.shape == (2, 16, 16)
+
+
+def test_duplicate_planes_are_segmented_once(pointwise_model, blobs):
+    image, _ = blobs
+    stack = np.stack([image, image])
+    progress = []
+    result = segment(stack, model=pointwise_model, axes="ZYX", device="cpu", planes=[(0, 1), (0, 1)], progress=lambda d, t: progress.append(t))
+    assert set(progress) == {1} and result.instances[1].max() == 6 and result.instances[0].max() == 0
+
+
+@pytest.mark.parametrize(("tile_size", "batch_size"), [(-5, 1), (0, 1), (16, 0), (True, 1)])
+def test_predict_probabilities_checks_its_arguments(tiny_model, tile_size, batch_size):
+    from cellrefine.tiling import predict_probabilities
+
+    with pytest.raises((ValueError, TypeError), match="must be"):
+        predict_probabilities(tiny_model.network, np.zeros((1, 16, 16), np.float32), tile_size=tile_size, batch_size=batch_size, device="cpu")
+
+
+@pytest.mark.parametrize("precision", ["float32", "auto"])
+def test_network_with_nan_weights_raises_instead_of_finding_nothing(tiny_model, precision):
+    image = np.random.default_rng(0).random((16, 16), dtype=np.float32)
+    segment(image, model=tiny_model, device="cpu", precision=precision)  # a cached inference copy of the good weights exists
+    with torch.no_grad():
+        next(tiny_model.network.parameters()).fill_(float("nan"))
+    with pytest.raises(ValueError, match=r"the network's weights are not finite \(encoders.0.0.weight holds NaN or Inf\)"):
+        segment(image, model=tiny_model, device="cpu", precision=precision)
+
+
+def test_network_giving_nan_probabilities_raises(pointwise_model):
+    pointwise_model.network.forward = lambda x: torch.full((x.shape[0], 3, *x.shape[2:]), float("nan"))  # runs as it is (patched)
+    with pytest.raises(ValueError, match="the network produced NaN or infinite probabilities"):
+        segment(np.eye(16, dtype=np.float32), model=pointwise_model, device="cpu")

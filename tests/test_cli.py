@@ -240,6 +240,16 @@ def test_subcommand_help_mentions_axes(capsys, command):
     assert "--axes" in out and "--model" in out and "--device" in out
 
 
+def test_segment_help_gives_the_bundled_thresholds(capsys):
+    thresholds = load_model().config["postprocess"]
+    with pytest.raises(SystemExit):
+        main(["segment", "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    for name in ("foreground", "seed"):
+        assert f"--{name}-threshold" in text
+        assert f"the model's, {thresholds[name + '_threshold']} for the bundled one" in text
+
+
 def test_version(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--version"])
@@ -297,8 +307,10 @@ def test_finetune_writes_a_loadable_model(capsys, tmp_path, model_path, blobs):
     tuned = load_model(output)
     record = tuned.config["provenance"][-1]
     assert record["steps"] == 3 and record["settings"]["seed"] == 1
-    assert record["parent"] == "tiny" and record["parent_path"] == model_path
+    assert record["parent"] == "tiny" and record["parent_file"] == Path(model_path).name  # no machine path (issue 9)
+    assert "parent_path" not in record
     assert f"saved {output}" in out and "for 3 steps" in out
+    assert "reviewed pixel accuracy" in out  # finetune_summary, as in napari
 
 
 def test_finetune_with_masks_to_safetensors_file(capsys, tmp_path, model_path, blobs):

@@ -39,9 +39,16 @@ def test_numpy_only_modules_do_not_import_torch():
         "import sys\n"
         "import cellrefine.cli, cellrefine.axes, cellrefine.normalize, cellrefine.targets, cellrefine.postprocess\n"
         "import cellrefine.metrics, cellrefine.inference, cellrefine.training\n"
+        "import cellrefine.reader, cellrefine.tiling, cellrefine.progress\n"
         "print('torch' in sys.modules)\n"
     )
     assert run_python(code) == "False"
+
+
+def test_importing_the_network_runs_no_torch_ops():
+    # no import-time side effects: the oneDNN fused-op probe runs on first use, not at import
+    code = "import torch\nfrom torch.profiler import profile\nwith profile() as prof:\n    import cellrefine.model.unet\nprint(len(prof.events()))\n"
+    assert run_python(code).splitlines()[-1] == "0"
 
 
 def test_lazy_attribute_loads_torch_when_needed():

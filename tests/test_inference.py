@@ -9,11 +9,11 @@ from cellrefine.inference import (
     SegmentationCancelled,
     SegmentProgress,
     iter_segment,
-    predict_probabilities,
     segment,
 )
 from cellrefine.metrics import match_instances
 from cellrefine.postprocess import PostprocessSettings, probabilities_to_instances
+from cellrefine.tiling import predict_probabilities
 
 # ----------------------------------------------------------------------------- tiling
 

@@ -321,3 +321,90 @@ def test_bad_thresholds_raise():
         object_scores(truth, pred, thresholds=())
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         object_scores(truth, pred, thresholds=(0.5, -0.1))
+
+
+# ----------------------------------------------------------------------------- correction_scores
+
+
+def corrected_scene():
+    """A parent segmentation and its correction on the left half (reviewed), hand-checked.
+
+    Parent: 1 (kept by the user), 2 (a false object the user erased), 3 and 4
+    (unreviewed, right half). The user painted 5 (a missed object).
+    """
+    parent = np.zeros((20, 40), np.int32)
+    parent[1:6, 1:6] = 1
+    parent[1:6, 10:15] = 2
+    parent[1:6, 25:30] = 3
+    parent[10:15, 25:30] = 4
+    corrected = parent.copy()
+    corrected[parent == 2] = 0
+    corrected[10:15, 1:6] = 5
+    reviewed = np.zeros(parent.shape, bool)
+    reviewed[:, :20] = True
+    return parent, corrected, reviewed
+
+
+def test_correction_scores_counts_each_kind_of_object():
+    from cellrefine.metrics import correction_scores
+
+    parent, corrected, reviewed = corrected_scene()
+    perfect = correction_scores(parent, corrected, reviewed, corrected)
+    assert perfect == {
+        "corrected": 2,
+        "corrected_right": 2,
+        "painted": 1,
+        "painted_right": 1,
+        "erased": 1,
+        "erased_gone": 1,
+        "confirmed": 1,
+        "confirmed_kept": 1,
+        "unreviewed": 2,
+        "unreviewed_kept": 2,
+    }
+    unchanged = correction_scores(parent, corrected, reviewed, parent)
+    assert (unchanged["corrected_right"], unchanged["confirmed_kept"], unchanged["unreviewed_kept"]) == (0, 1, 2)
+    # the new model drops object 1, forgets unreviewed 4 and brings back the erased one as a smaller blob
+    new = corrected.copy()
+    new[parent == 1] = 0
+    new[parent == 4] = 0
+    new[1:5, 10:14] = 9  # IoU 16/25 with the erased object: not gone
+    worse = correction_scores(parent, corrected, reviewed, new)
+    assert (worse["painted_right"], worse["erased_gone"], worse["confirmed_kept"], worse["unreviewed_kept"]) == (1, 0, 0, 1)
+    # a remnant under half of an erased object's area with IoU < 0.5 counts as gone; more than half does not
+    small = corrected.copy()
+    small[1:3, 10:14] = 9  # 8 of 25 pixels
+    assert correction_scores(parent, corrected, reviewed, small)["erased_gone"] == 1
+    split = corrected.copy()
+    split[1:6, 10:12] = 8  # two pieces, each IoU 0.4, 20 of 25 pixels foreground
+    split[1:6, 12:14] = 9
+    assert correction_scores(parent, corrected, reviewed, split)["erased_gone"] == 0
+
+
+def test_correction_scores_without_mask_and_errors():
+    from cellrefine.metrics import correction_scores
+
+    parent, corrected, reviewed = corrected_scene()
+    everything = correction_scores(parent, corrected, None, corrected)
+    assert everything["unreviewed"] == 0 and everything["confirmed"] == 3 and everything["corrected"] == 2
+    with pytest.raises(TypeError, match="reviewed_mask must be a boolean"):
+        correction_scores(parent, corrected, reviewed.astype(int), corrected)
+    with pytest.raises(ValueError, match="new_instances must have the shape"):
+        correction_scores(parent, corrected, reviewed, corrected[:, :10])
+    with pytest.raises(ValueError, match="same shape"):
+        correction_scores(parent, corrected[:, :10], reviewed, corrected)
+    with pytest.raises(ValueError, match="threshold"):
+        correction_scores(parent, corrected, reviewed, corrected, threshold=1.5)
+
+
+def test_object_table_fast_path_matches_sorting_path():
+    from cellrefine.metrics.matching import object_table
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 7, (30, 30)) * 3
+    ids, area, index = object_table(labels)  # bincount path (small ids)
+    big_ids, big_area, big_index = object_table(labels.astype(np.int64) * 10**9)  # sorting path
+    np.testing.assert_array_equal(ids * 10**9, big_ids)
+    np.testing.assert_array_equal(area, big_area)
+    np.testing.assert_array_equal(index, big_index)
+    assert (index[labels.ravel() == 0] == -1).all()

@@ -3,12 +3,11 @@
 import json
 import os
 
-import numpy as np
 import pytest
 import torch
 
 import cellrefine
-from cellrefine.model import io as model_io
+from cellrefine import files
 from cellrefine.model.io import FORMAT_VERSION, Model, bundled_model_path, load_model
 
 
@@ -102,7 +101,7 @@ def test_failed_write_keeps_the_old_file(tmp_path, make_model, monkeypatch):
     def failing_replace(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(model_io.os, "replace", failing_replace)
+    monkeypatch.setattr(files.os, "replace", failing_replace)
     with pytest.raises(OSError, match="disk full"):
         make_model(seed=2).save(path)
     assert path.read_bytes() == before
@@ -137,6 +136,35 @@ def test_model_config_defaults_and_no_aliasing():
     assert not model.network.training
 
 
+def test_unused_config_keys_are_not_written(tmp_path, tiny_model):
+    assert "channels" not in tiny_model.config
+    assert tiny_model.config["normalization"] == {"low_percentile": 1.0, "high_percentile": 99.8}
+    header = _metadata_config(tiny_model.save(tmp_path / "model.safetensors"))
+    assert "channels" not in header and "scope" not in header["normalization"]
+
+
+def test_unused_keys_of_older_files_are_dropped_on_load(tmp_path, tiny_model):
+    """CellRefine 0.1 wrote ``channels`` and ``normalization.scope`` but never read them."""
+    from safetensors.torch import save_file
+
+    old_config = dict(tiny_model.config, channels="mean", normalization={"low_percentile": 2.0, "high_percentile": 99.0, "scope": "stack"})
+    path = tmp_path / "old.safetensors"
+    state = {k: v.contiguous() for k, v in tiny_model.network.state_dict().items()}
+    save_file(state, str(path), metadata={"cellrefine_config": json.dumps(old_config)})  # as CellRefine 0.1 wrote it
+    assert _metadata_config(path)["channels"] == "mean"  # written as an older version did
+    loaded = load_model(path)
+    assert "channels" not in loaded.config
+    assert loaded.config["normalization"] == {"low_percentile": 2.0, "high_percentile": 99.0}
+    resaved = _metadata_config(loaded.save(tmp_path / "new.safetensors"))
+    assert "channels" not in resaved and resaved["normalization"] == {"low_percentile": 2.0, "high_percentile": 99.0}
+
+
+def _metadata_config(path):
+    data = path.read_bytes()
+    header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
+    return json.loads(header["__metadata__"]["cellrefine_config"])
+
+
 def test_model_from_network_takes_its_architecture():
     from cellrefine.model.unet import UNet
 
@@ -157,16 +185,7 @@ def test_lazy_exports():
     assert "segment" in dir(cellrefine) and "finetune" in dir(cellrefine)
 
 
-@pytest.mark.skipif(
-    not bundled_model_path().exists(), reason="bundled weights not trained/installed yet (cellrefine/model/weights/nuclei_v1.safetensors)"
-)
-def test_bundled_model_loads_and_segments():
-    model = load_model()
-    assert model.path == "bundled:nuclei_v1"
-    assert model.config["format"] == "cellrefine-model"
-    assert model.network.in_channels == 1 and model.network.out_channels == 3
-    result = cellrefine.segment(np.zeros((32, 32), np.uint16), model=model, device="cpu")
-    assert result.instances.shape == (32, 32)
+# The bundled model itself (present, loads, segments a known crop) is tested in test_bundled_model.py.
 
 
 def test_bundled_model_path_is_inside_the_package():
@@ -184,6 +203,6 @@ def test_saved_files_respect_the_umask(tmp_path, tiny_model, name):
         path = tiny_model.save(tmp_path / name)
     finally:
         os.umask(umask)
-    files = [path] if path.is_file() else sorted(path.iterdir())
-    for file in files:
+    written = [path] if path.is_file() else sorted(path.iterdir())
+    for file in written:
         assert file.stat().st_mode & 0o777 == 0o644, file.name

@@ -103,6 +103,17 @@ def test_to_float32_blank_range_and_copy():
     np.testing.assert_array_equal(image, original)
 
 
+def test_to_float32_in_place_only_when_asked_and_float32():
+    image = np.arange(6, dtype=np.float32).reshape(2, 3)
+    scaled = to_float32(image, 1.0, 5.0, copy=False)
+    assert scaled is image
+    np.testing.assert_allclose(image, (np.arange(6).reshape(2, 3) - 1) / 4)
+    integers = np.arange(6, dtype=np.uint16)
+    out = to_float32(integers, 0.0, 5.0, copy=False)  # another dtype: a new array
+    assert out.dtype == np.float32 and not np.shares_memory(out, integers)
+    np.testing.assert_array_equal(integers, np.arange(6))
+
+
 def test_stack_uses_one_range_unless_per_plane():
     dim = np.tile(np.arange(0, 11, dtype=np.float64), (3, 1))  # 0..10
     bright = 100 + 10 * dim  # 100..200
@@ -137,3 +148,134 @@ def test_large_array_is_subsampled_but_exact_for_two_levels():
     image = np.zeros((2100, 2100), np.uint8)  # 4.4 M pixels > the 4 M sample limit
     image[:, 1050:] = 200
     assert percentile_range(image) == (0.0, 200.0)
+
+
+# ----------------------------------------------------------------------------- sparse objects and blank images (issue 11)
+
+
+def _nucleus(shape=(512, 512), centre=(200, 300), radius=8, value=3000, dtype=np.uint16):
+    """One bright disc on zeros, as after background subtraction: 201 of 262144 pixels (0.08 %)."""
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    disc = (yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 <= radius**2
+    return np.where(disc, value, 0).astype(dtype), disc
+
+
+def test_sparse_bright_object_is_not_erased():
+    image, disc = _nucleus()
+    assert disc.mean() < 0.002 and tuple(np.percentile(image, (1, 99.8))) == (0, 0)  # the plain percentiles collapse
+    assert percentile_range(image) == (0.0, 3000.0)  # the 99.8th percentile of the brighter pixels
+    out = normalize(image)
+    np.testing.assert_array_equal(out[disc], 1)
+    np.testing.assert_array_equal(out[~disc], 0)
+
+
+def test_sparse_object_range_uses_the_high_percentile_of_the_brighter_pixels():
+    image = np.zeros((100, 100), np.float32)
+    image[0, :10] = np.arange(1, 11)  # 0.1 % of the pixels, values 1..10
+    lo, hi = percentile_range(image, 1, 90)
+    assert lo == 0 and hi == pytest.approx(np.percentile(np.arange(1, 11), 90))
+
+
+def test_sparse_dark_object_on_a_flat_background():
+    image = np.full((100, 100), 200, np.uint8)
+    image[:2, :2] = 10  # nothing is brighter than the background: the darker pixels give the low end
+    assert percentile_range(image) == (10.0, 200.0)
+    out = normalize(image)
+    assert out[0, 0] == 0 and out[50, 50] == 1
+
+
+def test_bright_background_value_with_a_few_darker_and_brighter_pixels():
+    image = np.full((100, 100), 100, np.uint16)
+    image[0, :5] = 3000  # sparse nuclei
+    image[1, :3] = 0  # dead pixels
+    lo, hi = percentile_range(image)
+    assert (lo, hi) == (100.0, 3000.0)  # the background stays 0, the nuclei 1
+
+
+def test_sparse_nucleus_is_found_by_the_bundled_model():
+    from cellrefine import load_model, segment
+
+    image, disc = _nucleus()
+    result = segment(image, model=load_model(), device="cpu")
+    assert result.instances.max() == 1
+    found = result.instances > 0
+    assert (found & disc).sum() / (found | disc).sum() > 0.8  # the nucleus, not something else
+
+
+def test_constant_image_warns_in_segment_but_not_in_normalize(tiny_model):
+    from cellrefine import segment
+    from cellrefine.normalize import BlankImageWarning
+
+    with pytest.warns(BlankImageWarning, match=r"the image is constant \(every pixel is 7\), so it is treated as blank") as record:
+        segment(np.full((16, 16), 7, np.uint16), model=tiny_model, device="cpu")
+    assert len(record) == 1 and record[0].filename == __file__  # points at the caller, not inside cellrefine
+    assert issubclass(BlankImageWarning, UserWarning)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        normalize(np.full((16, 16), 7, np.uint16))
+
+
+def test_stack_with_one_blank_plane_is_not_blank(tiny_model):
+    from cellrefine import segment
+
+    stack = np.zeros((2, 16, 16), np.uint16)
+    stack[1, 4:8, 4:8] = 500
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        segment(stack, model=tiny_model, axes="ZYX", device="cpu")
+
+
+def test_all_nan_image_raises_without_a_blank_warning(tiny_model):
+    from cellrefine import segment
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match="contains NaN or infinite values"):
+            segment(np.full((8, 8), np.nan, np.float32), model=tiny_model, device="cpu")
+
+
+@pytest.mark.parametrize(
+    ("image", "expected"),
+    [
+        (np.array([0, 1e-45], np.float32), [0, 1]),  # a subnormal range: 1 / span is not a float32
+        (np.array([-3e38, 3e38], np.float32), [0, 1]),  # the span is not a float32
+        (np.array([-1e308, 1e308], np.float64), [0, 1]),  # not even a float64
+        (np.array([1e6, 1e6 + 0.01], np.float64), [0, 1]),  # a large offset: float32 would cancel the range
+        (np.array([2**40, 2**40 + 3], np.int64), [0, 1]),
+        (np.array([60000, 60001], np.uint16), [0, 1]),
+    ],
+)
+def test_extreme_values_scale_finitely_and_exactly(image, expected):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = normalize(image, 0, 100)
+    np.testing.assert_allclose(out, expected, atol=1e-6)
+
+
+def test_values_beyond_float32_are_clipped_not_infinite():
+    image = np.array([0.0, 1.0, 1e300])  # 1e300 maps far beyond the float32 range
+    out = to_float32(image, 0.0, 1.0)
+    assert np.isfinite(out).all() and out[2] == np.finfo(np.float32).max
+    float32_overflow = to_float32(np.array([0, 1, 3e38], np.float32), 0.0, 0.5)
+    assert np.isfinite(float32_overflow).all() and float32_overflow[1] == 2
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_to_float32_refuses_a_non_finite_range(bad):
+    with pytest.raises(ValueError, match="lo and hi must be finite"):
+        to_float32(np.zeros(3), bad, 1.0)
+    with pytest.raises(ValueError, match="lo and hi must be finite"):
+        to_float32(np.zeros(3), 0.0, bad)
+
+
+def test_to_float32_in_place_on_the_float64_path():
+    image = np.array([1e6, 1e6 + 0.5, 1e6 + 1], np.float32)  # narrow range far from zero: scaled in float64
+    scaled = to_float32(image, 1e6, 1e6 + 1, copy=False)
+    assert scaled is image
+    np.testing.assert_allclose(image, [0, 0.5, 1])
+
+
+@pytest.mark.parametrize(("low", "high"), [(True, 99), (1, "99"), (None, 99)])
+def test_percentile_range_rejects_non_numbers(low, high):
+    with pytest.raises(TypeError, match="must be a number in"):
+        percentile_range(np.arange(10), low, high)

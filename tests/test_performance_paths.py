@@ -2,6 +2,7 @@
 faster watershed and stitching, overlapped post-processing, chunk-by-chunk dask/zarr reading."""
 
 import collections
+import copy
 import threading
 
 import numpy as np
@@ -11,9 +12,18 @@ from scipy import ndimage as ndi
 
 from cellrefine import inference
 from cellrefine.device import cpu_bf16_supported, inference_dtypes
-from cellrefine.inference import _inference_network, _starts, predict_probabilities, segment
+from cellrefine.inference import iter_segment, segment
 from cellrefine.model.unet import NORMALIZATIONS, InferenceUNet, UNet
 from cellrefine.postprocess import relabel_sequential, seeded_watershed, stitch_planes
+from cellrefine.tiling import (
+    argmax_classes,
+    default_batch_size,
+    default_tile_size,
+    inference_network,
+    predict_probabilities,
+    tile_starts,
+    weights_fingerprint,
+)
 
 
 def _randomise_batchnorm(network, seed=1):
@@ -39,6 +49,18 @@ def test_inference_unet_float32_equals_unet(norm):
     with torch.inference_mode():
         assert torch.allclose(fast(x), network(x), atol=1e-4, rtol=1e-4)
     assert fast.grid == network.grid and fast.halo == network.halo
+
+
+@pytest.mark.parametrize(("fused", "split"), [(False, False), (True, False), (False, True)])
+def test_inference_unet_options_give_the_same_result(fused, split):
+    torch.manual_seed(0)
+    network = _randomise_batchnorm(UNet(depth=2, base_channels=4)).eval()
+    x = torch.rand(1, 1, 40, 48)
+    default = network.for_inference(dtype=torch.float32)
+    variant = network.for_inference(dtype=torch.float32, fused=fused, split_skip_concat=split)
+    assert (variant.fused, variant.split_skip_concat) == (fused, split)
+    with torch.inference_mode():
+        torch.testing.assert_close(variant(x), default(x), atol=1e-5, rtol=1e-5)
 
 
 def test_inference_unet_bfloat16_is_close():
@@ -126,12 +148,12 @@ def test_auto_precision_on_the_cpu():
 
 
 def test_custom_forward_runs_as_is(pointwise_model, tiny_model, monkeypatch):
-    network, _ = _inference_network(pointwise_model.network, torch.device("cpu"))
+    network, _ = inference_network(pointwise_model.network, torch.device("cpu"))
     assert network is pointwise_model.network
-    fast, _ = _inference_network(tiny_model.network, torch.device("cpu"))
+    fast, _ = inference_network(tiny_model.network, torch.device("cpu"))
     assert isinstance(fast, InferenceUNet)
     monkeypatch.setattr(tiny_model.network, "forward", lambda x: x)
-    patched, _ = _inference_network(tiny_model.network, torch.device("cpu"))
+    patched, _ = inference_network(tiny_model.network, torch.device("cpu"))
     assert patched is tiny_model.network
 
 
@@ -142,7 +164,7 @@ def test_custom_forward_runs_as_is(pointwise_model, tiny_model, monkeypatch):
     ("length", "tile", "grid"), [(40, 16, 4), (2048, 1024, 8), (2048, 1536, 8), (2056, 1024, 8), (696, 2048, 8), (8, 8, 8), (1000, 64, 8)]
 )
 def test_tiles_are_balanced(length, tile, grid):
-    starts, size = _starts(length, tile, grid)
+    starts, size = tile_starts(length, tile, grid)
     assert size <= max(tile, grid) and size % grid == 0 or size == length
     assert starts[0] == 0 and starts[-1] + size == length
     assert all(b - a <= size for a, b in zip(starts, starts[1:]))  # covered, no gaps
@@ -150,10 +172,10 @@ def test_tiles_are_balanced(length, tile, grid):
 
 
 def test_tiles_on_the_cpu(tiny_model):
-    assert inference.default_tile_size(torch.device("cpu")) == 768
-    assert _starts(2048, 768, 8) == ([0, 688, 1360], 688)
-    assert _starts(2048, 1024, 8) == ([0, 1024], 1024)
-    starts, size = _starts(2048, 1536, 8)
+    assert default_tile_size(torch.device("cpu")) == 768
+    assert tile_starts(2048, 768, 8) == ([0, 688, 1360], 688)
+    assert tile_starts(2048, 1024, 8) == ([0, 1024], 1024)
+    starts, size = tile_starts(2048, 1536, 8)
     assert (starts, size) == ([0, 1024], 1024)  # two equal tiles, not 1536 + a mostly overlapping one
 
 
@@ -207,20 +229,18 @@ def test_stitch_planes_in_place_equals_a_new_array():
     np.testing.assert_array_equal(ids, np.arange(len(ids)))  # sequential 0..n
 
 
-def test_overlapped_postprocessing_equals_serial(pointwise_model, blobs, monkeypatch):
+def test_overlapped_postprocessing_equals_serial(pointwise_model, blobs):
     image, _ = blobs
     stack = np.stack([image, image[::-1], image[:, ::-1], image])
-    monkeypatch.setattr(inference, "OVERLAP_POSTPROCESS", False)
-    serial = segment(stack, model=pointwise_model, axes="ZYX", device="cpu")
-    monkeypatch.setattr(inference, "OVERLAP_POSTPROCESS", True)
-    overlapped = segment(stack, model=pointwise_model, axes="ZYX", device="cpu")
+    serial = segment(stack, model=pointwise_model, axes="ZYX", device="cpu", overlap_postprocess=False)
+    overlapped = segment(stack, model=pointwise_model, axes="ZYX", device="cpu", overlap_postprocess=True)
     np.testing.assert_array_equal(overlapped.instances, serial.instances)
     np.testing.assert_array_equal(overlapped.semantic, serial.semantic)
 
 
 def test_closing_mid_stack_stops_the_postprocessing_thread(tiny_model):
     before = {t.name for t in threading.enumerate()}
-    generator = inference.iter_segment(np.zeros((4, 40, 40), np.float32), tiny_model, axes="ZYX", device="cpu", tile_size=16)
+    generator = iter_segment(np.zeros((4, 40, 40), np.float32), tiny_model, axes="ZYX", device="cpu", tile_size=16)
     for _ in range(12):  # into the second plane: the first one's watershed is in flight
         next(generator)
     generator.close()
@@ -301,11 +321,11 @@ def test_semantic_argmax_by_comparisons_breaks_ties_like_argmax():
     rng = np.random.default_rng(0)
     probabilities = rng.integers(0, 3, size=(3, 50, 60)).astype(np.float32)  # many ties
     out = np.empty((50, 60), np.uint8)
-    inference._argmax_classes(probabilities, out)
+    argmax_classes(probabilities, out)
     np.testing.assert_array_equal(out, probabilities.argmax(axis=0))
     four = rng.random((4, 10, 10)).astype(np.float32)
     out = np.empty((10, 10), np.uint8)
-    inference._argmax_classes(four, out)
+    argmax_classes(four, out)
     np.testing.assert_array_equal(out, four.argmax(axis=0))
 
 
@@ -313,7 +333,7 @@ def test_small_planes_are_batched_and_give_the_same_answer(tiny_model, monkeypat
     _randomise_batchnorm(tiny_model.network)
     stack = np.random.default_rng(0).random((5, 30, 26), dtype=np.float32)
     shapes = []
-    make = inference._inference_network
+    make = inference_network
 
     def recording(*args, **kwargs):
         network, amp = make(*args, **kwargs)
@@ -327,7 +347,7 @@ def test_small_planes_are_batched_and_give_the_same_answer(tiny_model, monkeypat
 
         return Recorder(), amp
 
-    monkeypatch.setattr(inference, "_inference_network", recording)
+    monkeypatch.setattr(inference, "inference_network", recording)
     progress = []
     batched = segment(
         stack, model=tiny_model, axes="ZYX", device="cpu", return_probabilities=True, batch_size=8, progress=lambda d, t: progress.append((d, t))
@@ -345,23 +365,27 @@ def test_small_planes_are_batched_and_give_the_same_answer(tiny_model, monkeypat
 
 
 def test_default_batch_size():
-    assert inference.default_batch_size(torch.device("cpu"), 640 * 640, 1) == 1
-    assert inference.default_batch_size(torch.device("cuda"), 640 * 640, 1) == 4
+    assert default_batch_size(torch.device("cpu"), 640 * 640, 1) == 1
+    assert default_batch_size(torch.device("cuda"), 640 * 640, 1) == 4
 
 
 def test_inference_copy_is_cached_until_the_weights_change(tiny_model):
     cpu = torch.device("cpu")
 
     def fast():
-        return _inference_network(tiny_model.network, cpu)[0]
+        return inference_network(tiny_model.network, cpu)[0]
 
     first = fast()
     assert fast() is first
     with torch.no_grad():
-        tiny_model.network.head.bias.add_(1.0)  # in place: version counter
+        tiny_model.network.head.bias.add_(1.0)  # in place
     second = fast()
     assert second is not first and fast() is second
-    tiny_model.network.load_state_dict({k: v.clone() for k, v in tiny_model.network.state_dict().items()})
+    state = {k: v.clone() for k, v in tiny_model.network.state_dict().items()}
+    tiny_model.network.load_state_dict(state)  # the same values: the copy is still right
+    assert fast() is second
+    state["head.bias"] += 1.0
+    tiny_model.network.load_state_dict(state)
     third = fast()
     assert third is not second and fast() is third
     tiny_model.network.head = torch.nn.Conv2d(4, 3, 1)  # a replaced layer
@@ -370,7 +394,42 @@ def test_inference_copy_is_cached_until_the_weights_change(tiny_model):
     torch.testing.assert_close(
         fourth.head.weight, tiny_model.network.head.weight.detach().to(fourth.head.weight.dtype).contiguous(memory_format=torch.channels_last)
     )
-    assert _inference_network(tiny_model.network, cpu, "float32")[0].dtype == torch.float32  # another dtype: another copy
+    assert inference_network(tiny_model.network, cpu, "float32")[0].dtype == torch.float32  # another dtype: another copy
+
+
+def test_inference_copy_follows_a_fused_optimizer_step(tiny_model):
+    # fused AdamW writes the weights without bumping Tensor._version: the cache must still see the new weights
+    network = _randomise_batchnorm(tiny_model.network).eval()
+    plane = np.random.default_rng(0).random((1, 40, 40), dtype=np.float32)
+    before = predict_probabilities(network, plane, tile_size=64, device="cpu", precision="float32")
+    fingerprint = weights_fingerprint(network)
+    optimizer = torch.optim.AdamW(network.parameters(), lr=0.05, fused=True)
+    for _ in range(3):
+        optimizer.zero_grad()
+        logits = network(torch.from_numpy(plane)[None])
+        torch.nn.functional.cross_entropy(logits, torch.zeros((1, 40, 40), dtype=torch.long)).backward()
+        optimizer.step()
+    assert weights_fingerprint(network) != fingerprint
+    after = predict_probabilities(network, plane, tile_size=64, device="cpu", precision="float32")
+    halo = network.halo
+    with torch.inference_mode():
+        padded = np.pad(plane, ((0, 0), (halo,) * 2, (halo,) * 2), mode="reflect")
+        expected = network(torch.from_numpy(padded)[None]).softmax(dim=1)[0, :, halo:-halo, halo:-halo].numpy()
+    assert np.abs(after - expected).max() < 1e-4  # the tuned weights, not the cached parent's
+    assert after[0].mean() > before[0].mean() + 0.05  # trained towards background
+
+
+def test_weights_fingerprint_is_a_content_hash(tiny_model):
+    network = tiny_model.network
+    fingerprint = weights_fingerprint(network)
+    assert len(fingerprint) == 32 and int(fingerprint, 16) >= 0
+    twin = copy.deepcopy(network)
+    assert weights_fingerprint(twin) == fingerprint  # equal content, another object
+    with torch.no_grad():
+        twin.head.weight.view(-1)[0] += 1e-6  # one value of one tensor
+    assert weights_fingerprint(twin) != fingerprint
+    assert weights_fingerprint(copy.deepcopy(network).double()) != fingerprint  # dtype counts
+    assert weights_fingerprint(network) == fingerprint  # hashing changes nothing
 
 
 def test_segment_leaves_the_global_random_state_alone(tiny_model):

@@ -205,3 +205,20 @@ def test_class_weight_map_empty_mask():
     semantic = np.ones((3, 3), np.uint8)
     weights = class_weight_map(semantic, np.zeros((3, 3), bool))
     assert not weights.any()
+
+
+def test_border_weight_mask_equals_unmasked_map_on_mask_and_zero_elsewhere():
+    # three squares: two with a 4-px gap on the left, one far away on the right
+    labels = np.zeros((40, 120), np.int32)
+    labels[10:20, 5:15] = 1
+    labels[10:20, 19:29] = 2
+    labels[10:20, 95:105] = 3
+    full = border_weight_map(labels)
+    mask = np.zeros(labels.shape, bool)
+    mask[:, :40] = True
+    masked = border_weight_map(labels, mask=mask)
+    np.testing.assert_array_equal(masked[mask], full[mask])
+    assert (masked[~mask] == 0).all()
+    assert masked[15, 16] > 5  # the gap keeps its weight
+    with pytest.raises(ValueError, match="mask must have the shape"):
+        border_weight_map(labels, mask=mask[:, :10])

@@ -2,6 +2,7 @@
 determinism, validation and provenance."""
 
 import copy
+import json
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ import cellrefine
 from cellrefine.metrics import object_scores
 from cellrefine.model.io import load_model
 from cellrefine.targets import border_weight_map, class_weight_map, instances_to_semantic
-from cellrefine.training import FinetuneSettings, FinetuneUpdate, finetune, iter_finetune, prepare_sample
+from cellrefine.training import FinetuneSettings, FinetuneUpdate, SampleSet, collect_planes, finetune, iter_finetune, prepare_sample
 
 # small and quick: these runs test the machinery, not the learning
 FAST = {"crop_size": 32, "batch_size": 2, "device": "cpu"}
@@ -142,11 +143,14 @@ def test_freeze_norm_keeps_batchnorm_statistics(tiny_model, blobs):
 def test_iter_finetune_yields_updates_and_returns_model(tiny_model, blobs):
     image, labels = blobs
     generator = iter_finetune(tiny_model, [image], [labels], steps=4, validate_every=2, **FAST)
-    updates = []
+    every = []
     with pytest.raises(StopIteration) as stop:
         while True:
-            updates.append(next(generator))
+            every.append(next(generator))
     tuned = stop.value.value
+    assert every[0].phase == "preparing" and every[0].done == 0 and every[0].message
+    assert [u.phase for u in every[-2:]] == ["scoring", "calibrating"]
+    updates = [u for u in every if u.phase == "training"]
     assert isinstance(tuned, cellrefine.Model)
     assert all(isinstance(u, FinetuneUpdate) for u in updates)
     assert [u.step for u in updates] == [1, 2, 3, 4]
@@ -164,7 +168,7 @@ def test_iter_finetune_can_be_closed_mid_run(tiny_model, blobs):
     image, labels = blobs
     saved = state(tiny_model)
     generator = iter_finetune(tiny_model, [image], [labels], steps=50, freeze_norm=False, learning_rate=0.1, **FAST)
-    steps = [next(generator).step for _ in range(3)]
+    steps = [next_step(generator).step for _ in range(3)]
     assert steps == [1, 2, 3]
     generator.close()
     with pytest.raises(StopIteration):
@@ -173,11 +177,19 @@ def test_iter_finetune_can_be_closed_mid_run(tiny_model, blobs):
     assert not tiny_model.network.training
 
 
+def next_step(generator):
+    """The next "training" update of an iter_finetune generator."""
+    update = next(generator)
+    while update.phase != "training":
+        update = next(generator)
+    return update
+
+
 def test_snapshot_during_inline_run(tiny_model, blobs):
     image, labels = blobs
     generator = iter_finetune(tiny_model, [image], [labels], steps=10, **FAST)
-    next(generator)
-    second = next(generator)
+    next_step(generator)
+    second = next_step(generator)
     snap = second.snapshot()
     generator.close()
     assert snap.config["provenance"][-1]["steps"] == 2
@@ -294,7 +306,8 @@ def test_provenance_recorded_and_survives_save(tiny_model, blobs, tmp_path):
     # a second round appends a record and keeps the name
     again = finetune(loaded, [image], [labels], steps=1, **FAST)
     assert [r["parent"] for r in again.config["provenance"]] == ["tiny", "tiny-finetuned"]
-    assert again.config["provenance"][-1]["parent_path"] == str(tmp_path / "tuned.safetensors")
+    assert again.config["provenance"][-1]["parent_file"] == "tuned.safetensors"  # the file name, never a machine path
+    assert str(tmp_path) not in json.dumps(again.config["provenance"])
     assert again.name == "tiny-finetuned"
 
 
@@ -433,21 +446,17 @@ def test_distillation_term_is_zero_when_student_equals_teacher_and_positive_othe
     assert torch.allclose(weighted_loss(logits, semantic, weights, teacher=changed, distill=3.0), base, atol=1e-5)
 
 
-def test_teacher_kept_only_for_partly_reviewed_planes(tiny_model, blobs, monkeypatch):
-    import cellrefine.training as training
-
+def test_teacher_kept_only_for_partly_reviewed_planes(tiny_model, blobs):
+    # the samples iter_finetune trains on: collect_planes + SampleSet with the starting model as parent
     image, labels = blobs
-    captured = []
-    original = training._Sampler.__init__
-
-    def spy(self, samples, *args, **kwargs):
-        captured.append([s.teacher is not None for s in samples])
-        original(self, samples, *args, **kwargs)
-
-    monkeypatch.setattr(training._Sampler, "__init__", spy)
     partial = np.zeros(labels.shape, bool)
     partial[: labels.shape[0] // 2] = True
-    finetune(tiny_model, [image, image], [labels, labels], masks=[partial, np.ones(labels.shape, bool)], steps=1, **FAST)
-    assert captured[-1] == [True, False]
-    finetune(tiny_model, [image], [labels], masks=[partial], steps=1, distill=0.0, **FAST)
-    assert captured[-1] == [False]
+
+    def teachers(masks, **overrides):
+        settings = FinetuneSettings(**overrides)
+        planes = collect_planes([image] * len(masks), [labels] * len(masks), masks, model=tiny_model)
+        samples = SampleSet(planes, "instances", settings, parent=tiny_model, device=torch.device("cpu"))
+        return [samples[i].teacher is not None for i in range(len(samples))]
+
+    assert teachers([partial, np.ones(labels.shape, bool)]) == [True, False]
+    assert teachers([partial], distill=0.0) == [False]

@@ -16,22 +16,14 @@ import importlib
 
 __version__ = "0.1.0"
 
-_LAZY = {
-    "load_model": ("cellrefine.model.io", "load_model"),
-    "Model": ("cellrefine.model.io", "Model"),
-    "ModelFileError": ("cellrefine.model.io", "ModelFileError"),
-    "segment": ("cellrefine.inference", "segment"),
-    "iter_segment": ("cellrefine.inference", "iter_segment"),
-    "Segmentation": ("cellrefine.inference", "Segmentation"),
-    "SegmentProgress": ("cellrefine.inference", "SegmentProgress"),
-    "SegmentationCancelled": ("cellrefine.inference", "SegmentationCancelled"),
-    "PostprocessSettings": ("cellrefine.postprocess", "PostprocessSettings"),
-    "finetune": ("cellrefine.training", "finetune"),
-    "iter_finetune": ("cellrefine.training", "iter_finetune"),
-    "FinetuneUpdate": ("cellrefine.training", "FinetuneUpdate"),
-    "FinetuneSettings": ("cellrefine.training", "FinetuneSettings"),
-    "metrics": ("cellrefine.metrics", None),
+_EXPORTS = {
+    "cellrefine.model.io": ("load_model", "Model", "ModelFileError"),
+    "cellrefine.inference": ("segment", "iter_segment", "Segmentation", "SegmentProgress", "SegmentationCancelled"),
+    "cellrefine.postprocess": ("PostprocessSettings",),
+    "cellrefine.training": ("finetune", "iter_finetune", "FinetuneUpdate", "TrainSettings", "FinetuneSettings", "finetune_summary"),
 }
+#: public name -> (module, attribute or None for the module itself), imported on first use
+_LAZY = {name: (module, name) for module, names in _EXPORTS.items() for name in names} | {"metrics": ("cellrefine.metrics", None)}
 
 __all__ = ["__version__", *_LAZY]
 

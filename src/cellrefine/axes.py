@@ -79,11 +79,19 @@ def to_tzcyx(array, axes: str):
 
 
 def from_tzyx(result: np.ndarray, axes: str) -> np.ndarray:
-    """Turn a (T, Z, Y, X) result back into the input's axis order, without C."""
+    """Turn a (..., T, Z, Y, X) result back into the input's axis order, without C.
+
+    Leading axes (e.g. classes) stay first. Returns a C-contiguous array; no
+    copy is made when the input's axes are already in (T)(Z)YX order.
+    """
+    lead = result.ndim - 4
+    if lead < 0:
+        raise ValueError(f"from_tzyx needs a (..., T, Z, Y, X) array, got shape {result.shape}.")
     target = [a for a in axes if a != "C"]
     kept = [a for a in "TZYX" if a in target]
-    squeezed = result.reshape(tuple(result.shape["TZYX".index(a)] for a in kept))
-    return np.ascontiguousarray(np.transpose(squeezed, [kept.index(a) for a in target]))
+    squeezed = result.reshape(result.shape[:lead] + tuple(result.shape[lead + "TZYX".index(a)] for a in kept))
+    order = list(range(lead)) + [lead + kept.index(a) for a in target]
+    return np.ascontiguousarray(np.transpose(squeezed, order))
 
 
 def spatial_shape(shape, axes: str) -> tuple:

@@ -5,102 +5,40 @@ Examples::
     cellrefine segment image.tif -o image_labels.tif
     cellrefine segment "data/*.tif" -o results/ --axes ZYX --semantic
     cellrefine segment --sample -o sample_labels.tif
-    cellrefine finetune img1.tif img2.tif --labels lab1.tif lab2.tif -o my_model
+    cellrefine finetune img1.tif img2.tif --labels img1_labels.tif img2_labels.tif -o my_model
     cellrefine finetune images/ --labels labels/ -o my_model --steps 300
+
+Safety: every input and output is checked before anything is computed (see
+:mod:`cellrefine.cli_files`); every file is written through
+:func:`cellrefine.files.atomic_write`, so a failed or interrupted write leaves
+the previous file as it was. Errors are one line on stderr (exit 1; a
+traceback only with ``--verbose``); Ctrl-C exits 130 with one line.
 """
 
 from __future__ import annotations
 
 import argparse
-import glob
 import logging
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
 
+from .cli_files import CLIError, ImageFile, check_segment_outputs, expand_inputs, open_image, pair_by_name, plan_segment_outputs
+
+__all__ = ["main", "build_parser", "CLIError", "expand_inputs"]
+
 logger = logging.getLogger("cellrefine.cli")
 
-_TIFF_SUFFIXES = (".tif", ".tiff")
-_TIFFFILE_TO_CELLREFINE = {"T": "T", "Z": "Z", "C": "C", "S": "C", "Y": "Y", "X": "X"}
 
-
-class CLIError(Exception):
-    """A user error on the command line (printed without a traceback)."""
-
-
-def expand_inputs(specs) -> list[Path]:
-    """Files from paths, folders (their .tif/.tiff files) and glob patterns, in order."""
-    paths: list[Path] = []
-    for spec in specs:
-        path = Path(spec)
-        if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix.lower() in _TIFF_SUFFIXES)
-            if not found:
-                raise CLIError(f"folder {path} contains no .tif/.tiff files.")
-            paths.extend(found)
-        elif path.is_file():
-            paths.append(path)
-        elif any(ch in spec for ch in "*?["):
-            found = sorted(Path(p) for p in glob.glob(spec) if Path(p).is_file())
-            if not found:
-                raise CLIError(f"pattern {spec!r} matches no file.")
-            paths.extend(found)
-        else:
-            raise CLIError(f"input {spec} does not exist.")
-    return paths
-
-
-def read_image(path: Path, axes: str | None):
-    """Read a TIFF (or .npy) and return ``(array, axes)``; axes from ``--axes``, the
-    file's own axes metadata when it uses T/Z/C/Y/X, else inferred."""
-    import tifffile
-
-    from .axes import check_axes
-
-    if path.suffix.lower() == ".npy":
-        array = np.load(path, allow_pickle=False)
-        return array, check_axes(array.shape, axes)
-    try:
-        with tifffile.TiffFile(path) as tif:
-            if not tif.series:
-                raise CLIError(f"cannot read {path} as a TIFF: it holds no image.")
-            series = tif.series[0]
-            array = series.asarray()
-            file_axes = "".join(_TIFFFILE_TO_CELLREFINE.get(a, "?") for a in series.axes)
-    except (tifffile.TiffFileError, OSError, ValueError) as error:
-        raise CLIError(f"cannot read {path} as a TIFF: {error}") from None
-    if axes is None and "?" not in file_axes and len(file_axes) == array.ndim and len(set(file_axes)) == len(file_axes) and array.ndim > 2:
-        axes = file_axes
-    return array, check_axes(array.shape, axes)
-
-
-def _stem(path: Path) -> str:
-    """File name without its image suffix (``a.1.ome.tif`` → ``a.1``)."""
-    name = path.name
-    for suffix in (".ome.tiff", ".ome.tif", ".tiff", ".tif", ".npy"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return path.stem
-
-
-def _output_paths(inputs: list[Path], output: str | None) -> list[Path]:
-    if output is None:
-        return [p.with_name(_stem(p) + "_labels.tif") for p in inputs]
-    out = Path(output)
-    if len(inputs) == 1 and out.suffix.lower() in _TIFF_SUFFIXES:
-        return [out]
-    if out.suffix.lower() in _TIFF_SUFFIXES:
-        raise CLIError(f"{len(inputs)} inputs need an output folder, not the file {out}.")
-    return [out / (_stem(p) + "_labels.tif") for p in inputs]
-
-
-def _progress_bar(total_files: int, index: int, name: str):
+def _progress_bar(description: str, unit: str, leave: bool = True):
+    """A tqdm bar on stderr (its total is set by :func:`cellrefine.progress.run_to_end`), or a plain reporter without tqdm."""
     try:
         from tqdm import tqdm
     except ImportError:
-        return _LogProgress(name)
-    return tqdm(total=0, desc=f"[{index + 1}/{total_files}] {name}", unit="tile", leave=False, file=sys.stderr)
+        return _LogProgress(description)
+    return tqdm(total=0, desc=description, unit=unit, leave=leave, file=sys.stderr)
 
 
 class _LogProgress:
@@ -120,12 +58,27 @@ class _LogProgress:
         pass
 
 
-def cmd_segment(args) -> int:
+def _write_tiff(path: Path, array: np.ndarray, axes: str) -> None:
+    """Write ``array`` as a zlib-compressed grey TIFF through a temporary file renamed over ``path`` (never half-written)."""
     import tifffile
 
-    from . import load_model, segment
+    from .files import atomic_write
+
+    with atomic_write(path, make_parents=True) as temp:
+        tifffile.imwrite(temp, array, compression="zlib", photometric="minisblack", metadata={"axes": axes})
+
+
+def _open_all(paths: list[Path], axes: str | None, series: int | None) -> list[ImageFile]:
+    """Check every input (format, series, axes) before any work."""
+    return [open_image(path, axes, series) for path in paths]
+
+
+def cmd_segment(args) -> int:
+    from . import load_model
     from .data import sample_nuclei_path
+    from .inference import SegmentationCancelled, iter_segment
     from .postprocess import PostprocessSettings
+    from .progress import run_to_end
 
     specs = list(args.inputs)
     if args.sample:
@@ -133,7 +86,9 @@ def cmd_segment(args) -> int:
     if not specs:
         raise CLIError("give at least one input image (a file, a folder or a glob), or --sample.")
     inputs = expand_inputs(specs)
-    outputs = _output_paths(inputs, args.output)
+    plans = plan_segment_outputs(inputs, args.output, args.semantic)
+    check_segment_outputs(inputs, plans)  # nothing overwritten that should not be, every output writable
+    files = _open_all(inputs, args.axes, args.series)
     model = load_model(args.model, device=args.device)
     given = {
         name: getattr(args, name)
@@ -141,61 +96,66 @@ def cmd_segment(args) -> int:
         if getattr(args, name) is not None
     }
     settings = PostprocessSettings(**{**model.config.get("postprocess", {}), **given}).validate()
-    for index, (source, target) in enumerate(zip(inputs, outputs)):
-        image, axes = read_image(source, args.axes)
-        bar = _progress_bar(len(inputs), index, source.name)
+    for index, (file, (target, classes_path)) in enumerate(zip(files, plans)):
+        image = file.read()
+        bar = _progress_bar(f"[{index + 1}/{len(files)}] {file.path.name}", "tile", leave=False)
         try:
-            result = segment(image, model=model, axes=axes, device=args.device, progress=bar, postprocess=settings, tile_size=args.tile_size)
+            generator = iter_segment(image, model, file.axes, args.device, postprocess=settings, tile_size=args.tile_size)
+            result = run_to_end(generator, bar, cancelled=SegmentationCancelled)
         finally:
             bar.close()
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tifffile.imwrite(target, result.instances, compression="zlib", photometric="minisblack", metadata={"axes": result.axes})
+        _write_tiff(target, result.instances, result.axes)
         written = [str(target)]
-        if args.semantic:
-            semantic_path = target.with_name(_stem(target).removesuffix("_labels") + "_classes.tif")
-            tifffile.imwrite(semantic_path, result.semantic, compression="zlib", photometric="minisblack", metadata={"axes": result.axes})
-            written.append(str(semantic_path))
+        if classes_path is not None:
+            _write_tiff(classes_path, result.semantic, result.axes)
+            written.append(str(classes_path))
         counts = np.bincount(result.semantic.ravel(), minlength=3) / result.semantic.size
+        series = "" if file.series in (None, 0) else f" series {file.series}"
         print(
-            f"{source.name}: shape {image.shape} axes {axes} -> {int(result.instances.max())} objects "
+            f"{file.path.name}{series}: shape {image.shape} axes {file.axes} -> {int(result.instances.max())} objects "
             f"(cell {100 * counts[1]:.1f} %, boundary {100 * counts[2]:.1f} %, background {100 * counts[0]:.1f} % of pixels) "
-            f"on {result.device}; wrote {', '.join(written)}"
+            f"on {result.device}; wrote {', '.join(written)}",
+            flush=True,
         )
     return 0
 
 
+def _pairs(args, images: list[Path], others: list[Path], what: str) -> list[Path]:
+    if args.pair == "name":
+        return pair_by_name(images, others, what)
+    if len(images) != len(others):
+        raise CLIError(f"{len(images)} image(s) but {len(others)} {what}(s): --pair order needs one {what} per image, in the same order.")
+    return others
+
+
 def cmd_finetune(args) -> int:
     from . import finetune, load_model
+    from .files import check_writable
+    from .training import finetune_summary
 
     images = expand_inputs(args.images)
-    labels = expand_inputs(args.labels)
-    masks = expand_inputs(args.masks) if args.masks else None
-    if len(images) != len(labels):
-        raise CLIError(f"{len(images)} image(s) but {len(labels)} label file(s): give one label image per image, in the same order.")
-    if masks is not None and len(masks) != len(images):
-        raise CLIError(f"{len(images)} image(s) but {len(masks)} mask file(s).")
+    labels = _pairs(args, images, expand_inputs(args.labels), "label file")
+    masks = _pairs(args, images, expand_inputs(args.masks), "mask file") if args.masks else None
+    output = Path(args.output).expanduser()
+    check_writable(output, folder=output.suffix.lower() != ".safetensors")
+    print(f"training pairs ({'image <- labels, mask' if masks else 'image <- labels'}, paired by {args.pair}):")
+    for index, image_path in enumerate(images):
+        print(f"  {image_path.name} <- {labels[index].name}" + (f", {masks[index].name}" if masks else ""), flush=True)
+    image_files = _open_all(images, args.axes, args.series)
+    label_files = _open_all(labels, None, args.series)
+    mask_files = _open_all(masks, None, args.series) if masks else None
     model = load_model(args.model, device=args.device)
-    arrays, axes_list, label_arrays, mask_arrays = [], [], [], []
-    for index, path in enumerate(images):
-        array, axes = read_image(path, args.axes)
-        arrays.append(array)
-        axes_list.append(axes)
-        label_arrays.append(read_image(labels[index], None)[0])
-        if masks is not None:
-            mask_arrays.append(read_image(masks[index], None)[0] > 0)
-    try:
-        from tqdm import tqdm
-
-        bar = tqdm(total=0, desc="fine-tuning", unit="step", file=sys.stderr)
-    except ImportError:
-        bar = _LogProgress("fine-tuning")
+    arrays = [file.read() for file in image_files]
+    label_arrays = [file.read() for file in label_files]
+    mask_arrays = [file.read() > 0 for file in mask_files] if mask_files else None
+    bar = _progress_bar("fine-tuning", "step")
     try:
         tuned = finetune(
             model,
             arrays,
             label_arrays,
-            mask_arrays if masks else None,
-            axes=axes_list,
+            mask_arrays,
+            axes=[file.axes for file in image_files],
             steps=args.steps,
             device=args.device,
             progress=bar,
@@ -204,13 +164,52 @@ def cmd_finetune(args) -> int:
         )
     finally:
         bar.close()
-    path = tuned.save(args.output)
+    path = tuned.save(output)
     record = tuned.config["provenance"][-1]
-    print(
-        f"fine-tuned {model.name} for {record['steps']} steps in {record['seconds']:.0f} s; reviewed-pixel accuracy "
-        f"{record['metrics_before']['reviewed_accuracy']:.3f} -> {record['metrics_after'].get('reviewed_accuracy', float('nan')):.3f}; saved {path}"
-    )
+    print(f"fine-tuned {model.name} for {record['steps']} steps in {record['seconds']:.0f} s; saved {path}")
+    for line in finetune_summary(tuned):  # the same words as the napari widget
+        print(f"  {line}")
     return 0
+
+
+def _whole_number(low: int):
+    """An argparse type: an integer >= ``low``, with a message saying so."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a whole number >= {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be a whole number >= {low}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
+_DEVICES = ["auto", "cpu", "cuda", "mps"]
+
+
+def _add_model_options(parser, model_help: str, axes_help: str) -> None:
+    """``--model``, ``--axes`` and ``--device``, shared by the commands."""
+    parser.add_argument("--model", help=model_help)
+    parser.add_argument("--axes", help=axes_help)
+    parser.add_argument("--device", default="auto", choices=_DEVICES, help="default: auto (CUDA, then MPS, then CPU)")
+    parser.add_argument(
+        "--series",
+        type=_whole_number(0),
+        metavar="N",
+        help="which series of a multi-series TIFF to read (0-based); without it such a file is refused and its series listed. "
+        "Single-series files are read as they are",
+    )
+
+
+def _command(sub, func, summary: str, description: str) -> argparse.ArgumentParser:
+    """The sub-command named after ``func`` (``cmd_NAME``), which runs it."""
+    command = sub.add_parser(func.__name__.removeprefix("cmd_"), help=summary, description=description)
+    command.set_defaults(func=func)
+    return command
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -222,51 +221,89 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__import__('cellrefine').__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-
-    seg = sub.add_parser(
-        "segment",
-        help="segment images and write instance labels as TIFF",
-        description="Segment 2D images or stacks (files, folders or glob patterns) and write uint32 instance labels "
-        "(0 = background) as TIFF in the input's axis order, without the channel axis.",
+    seg = _command(
+        sub,
+        cmd_segment,
+        "segment images and write instance labels as TIFF",
+        "Segment 2D images or stacks (files, folders or glob patterns) and write uint32 instance labels "
+        "(0 = background) as TIFF in the input's axis order, without the channel axis. Before anything is computed, "
+        "every input is read-checked and every output checked: an output that would overwrite an input, two inputs "
+        "with the same output name (a.tif + a.tiff) and an output that cannot be written are refused. Files are "
+        "written to a temporary name and renamed, so an error or Ctrl-C never leaves a half-written file.",
     )
     seg.add_argument("inputs", nargs="*", help="TIFF (or .npy) files, folders of TIFFs, or quoted glob patterns")
     seg.add_argument("-o", "--output", help="output TIFF (one input) or folder; default: NAME_labels.tif beside each input")
     seg.add_argument("--sample", action="store_true", help="also segment the bundled sample stack (4 BBBC039 fields, axes TYX)")
-    seg.add_argument("--axes", help="axes of the inputs over TZCYX, e.g. YX, YXC, CYX, ZYX, TYX, TZCYX (default: from the file, else inferred)")
-    seg.add_argument("--model", help="a saved model (.safetensors file or folder); default: the bundled nuclei model")
-    seg.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="default: auto (CUDA, then MPS, then CPU)")
+    _add_model_options(
+        seg,
+        "a saved model (.safetensors file or folder); default: the bundled nuclei model",
+        "axes of the inputs over TZCYX, e.g. YX, YXC, CYX, ZYX, TYX, TZCYX (default: from the file, else inferred)",
+    )
     seg.add_argument("--semantic", action="store_true", help="also write NAME_classes.tif (0 background, 1 cell, 2 boundary)")
-    seg.add_argument("--tile-size", type=int, default=None, help="tile core size in pixels (default by device)")
+    seg.add_argument("--tile-size", type=_whole_number(1), default=None, help="tile core size in pixels (default by device)")
     seg.add_argument(
         "--foreground-threshold", type=float, help="cell+boundary probability for foreground (default: the model's, 0.8 for the bundled one)"
     )
-    seg.add_argument("--seed-threshold", type=float, help="cell probability for watershed seeds (default: the model's, 0.8 for the bundled one)")
+    seg.add_argument("--seed-threshold", type=float, help="cell probability for watershed seeds (default: the model's, 0.7 for the bundled one)")
     seg.add_argument("--min-size", type=int, help="smallest object kept, in pixels (default: the model's, 15)")
     seg.add_argument("--stitch-threshold", type=float, help="IoU linking objects across Z planes (default: the model's, 0.25)")
-    seg.set_defaults(func=cmd_segment)
 
-    ft = sub.add_parser(
-        "finetune",
-        help="fine-tune a model on corrected labels and save it",
-        description="Fine-tune the bundled (or --model) network on images and their corrected instance labels; "
-        "optional masks mark the reviewed pixels (others are ignored).",
+    ft = _command(
+        sub,
+        cmd_finetune,
+        "fine-tune a model on corrected labels and save it",
+        "Fine-tune the bundled (or --model) network on images and their corrected instance labels; "
+        "optional masks mark the reviewed pixels (others are ignored). Label and mask files are paired with the images "
+        "by name: equal names once the suffix (.tif, .tiff, .ome.tif, .npy) and one ending _labels, _label, _lbl, _masks, "
+        "_mask, _gt, _seg, _instances, _image, _img or _raw (also with - or .; any case) are removed, e.g. img01.tif <- "
+        "img01_labels.tif; failing that, by what differs once the prefix and suffix shared by all names of a group are "
+        "removed (img_01.tif <- lab_01.tif). Files that do not match are listed and nothing is done; --pair order pairs "
+        "them in the order given instead. The pairs are printed before training.",
     )
     ft.add_argument("images", nargs="+", help="image files, folders or glob patterns")
-    ft.add_argument("--labels", nargs="+", required=True, help="label images (instance ids), one per image, same order")
-    ft.add_argument("--masks", nargs="+", help="reviewed-pixel masks (non-zero = reviewed), one per image")
+    ft.add_argument("--labels", nargs="+", required=True, help="label images (instance ids), one per image, paired by name")
+    ft.add_argument("--masks", nargs="+", help="reviewed-pixel masks (non-zero = reviewed), one per image, paired by name")
+    ft.add_argument("--pair", choices=["name", "order"], default="name", help="pair images with labels/masks by name (default) or in the order given")
     ft.add_argument("-o", "--output", required=True, help="output model: a folder, or a file ending in .safetensors")
-    ft.add_argument("--model", help="starting model (default: the bundled nuclei model)")
-    ft.add_argument("--axes", help="axes of the images (default: from the file, else inferred)")
+    _add_model_options(ft, "starting model (default: the bundled nuclei model)", "axes of the images (default: from the file, else inferred)")
     ft.add_argument("--kind", default="instances", choices=["instances", "semantic"], help="labels are instance ids (default) or classes 0/1/2")
-    ft.add_argument("--steps", type=int, default=None, help="optimisation steps (default 150 on CPU, 400 on GPU)")
+    ft.add_argument("--steps", type=_whole_number(1), default=None, help="optimisation steps (default 150 on CPU, 400 on GPU)")
     ft.add_argument("--seed", type=int, default=0)
-    ft.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-    ft.set_defaults(func=cmd_finetune)
     return parser
 
 
+def _say(line: str) -> None:
+    """Print one line on stderr, above a progress bar if one is shown."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        print(line, file=sys.stderr, flush=True)
+    else:
+        tqdm.write(line, file=sys.stderr)
+
+
+_INTERRUPTED = {
+    "segment": "interrupted (Ctrl-C); the files reported as written are complete, nothing half-written was left.",
+    "finetune": "interrupted (Ctrl-C); no model was saved.",
+}
+
+
+def _one_line(error: BaseException) -> str:
+    """An error as one line: an OSError as 'PATH: reason' unless it already is a clear line (cellrefine.files)."""
+    if isinstance(error, OSError) and getattr(error, "written_path", None) is None and error.strerror:
+        names = " -> ".join(str(name) for name in (error.filename, error.filename2) if name is not None)
+        text = f"{names}: {error.strerror}" if names else error.strerror
+    else:
+        text = str(error) or type(error).__name__
+    return " ".join(text.split())
+
+
 def main(argv=None) -> int:
-    """Entry point of the ``cellrefine`` command."""
+    """Entry point of the ``cellrefine`` command.
+
+    Returns 0 on success, 1 after an error (one line on stderr; ``--verbose``
+    re-raises it with its traceback), 2 for a usage error and 130 after Ctrl-C.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -274,13 +311,23 @@ def main(argv=None) -> int:
         parser.print_help()
         return 2
     from .model.io import ModelFileError
+    from .normalize import BlankImageWarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        _say(f"cellrefine {args.command}: warning: {' '.join(str(message).split())}")
 
     try:
-        return args.func(args)
-    except (CLIError, ValueError, TypeError, FileNotFoundError, ModelFileError) as error:
+        with warnings.catch_warnings():  # warnings as one line each, restored afterwards
+            warnings.simplefilter("always", BlankImageWarning)  # once per image, not once per run
+            warnings.showwarning = show
+            return args.func(args)
+    except KeyboardInterrupt:
+        print(f"cellrefine {args.command}: {_INTERRUPTED[args.command]}", file=sys.stderr, flush=True)
+        return 130
+    except (CLIError, ValueError, TypeError, OSError, ModelFileError) as error:
         if args.verbose:
             raise
-        print(f"cellrefine {args.command}: error: {error}", file=sys.stderr)
+        print(f"cellrefine {args.command}: error: {_one_line(error)}", file=sys.stderr, flush=True)
         return 1
 
 

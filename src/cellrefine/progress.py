@@ -18,7 +18,14 @@ class Cancelled(RuntimeError):
     """Raised by :func:`run_to_end` when ``progress`` returned ``False`` and the run cannot stop early with a result."""
 
 
-def run_to_end(generator: Generator, progress=None, *, on_cancel: Callable[[], None] | None = None, cancelled: type[Cancelled] = Cancelled) -> Any:
+def run_to_end(
+    generator: Generator,
+    progress=None,
+    *,
+    on_cancel: Callable[[], None] | None = None,
+    cancelled: type[Cancelled] = Cancelled,
+    message: str = "cancelled after {done} of {total}.",
+) -> Any:
     """Run ``generator`` to the end and return its return value.
 
     Parameters
@@ -38,6 +45,8 @@ def run_to_end(generator: Generator, progress=None, *, on_cancel: Callable[[], N
         is raised.
     cancelled : type, optional
         The :class:`Cancelled` subclass to raise.
+    message : str, optional
+        Its message, formatted with ``done`` and ``total``.
 
     Returns
     -------
@@ -67,6 +76,6 @@ def run_to_end(generator: Generator, progress=None, *, on_cancel: Callable[[], N
         elif progress(done, total) is False:
             if on_cancel is None:
                 generator.close()
-                raise cancelled(f"cancelled after {done} of {total}.")
+                raise cancelled(message.format(done=done, total=total))
             on_cancel()
             progress = None

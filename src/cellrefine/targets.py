@@ -72,7 +72,7 @@ def instances_to_semantic(instances, boundary_width: int = 2) -> np.ndarray:
     return semantic
 
 
-def border_weight_map(instances, w0: float = 10.0, sigma: float = 5.0) -> np.ndarray:
+def border_weight_map(instances, w0: float = 10.0, sigma: float = 5.0, mask=None) -> np.ndarray:
     """The U-Net paper's border-emphasising weight for background pixels.
 
     ``w(x) = w0 * exp(-(d1(x) + d2(x))**2 / (2 sigma**2))`` on background pixels,
@@ -85,6 +85,10 @@ def border_weight_map(instances, w0: float = 10.0, sigma: float = 5.0) -> np.nda
     instances : (Y, X) integer array
     w0, sigma : float
         Amplitude and width (pixels) of the emphasis.
+    mask : (Y, X) bool array, optional
+        Only these pixels are needed (e.g. the reviewed ones): objects farther
+        than ``3 sigma`` from every mask pixel are skipped, and the result is
+        0 outside the mask. On mask pixels it equals the unmasked map.
 
     Returns
     -------
@@ -92,6 +96,10 @@ def border_weight_map(instances, w0: float = 10.0, sigma: float = 5.0) -> np.nda
     """
     instances = _check_instances(instances)
     shape = instances.shape
+    if mask is not None:
+        mask = np.asarray(mask, bool)
+        if mask.shape != shape:
+            raise ValueError(f"mask must have the shape of instances {shape}, got {mask.shape}.")
     d1 = np.full(shape, np.inf, np.float32)
     d2 = np.full(shape, np.inf, np.float32)
     margin = int(np.ceil(3 * sigma))
@@ -99,6 +107,8 @@ def border_weight_map(instances, w0: float = 10.0, sigma: float = 5.0) -> np.nda
         if window is None:
             continue
         grown = tuple(slice(max(s.start - margin, 0), min(s.stop + margin, n)) for s, n in zip(window, shape))
+        if mask is not None and not mask[grown].any():
+            continue
         inside = instances[grown] == index
         distance = ndi.distance_transform_edt(~inside).astype(np.float32)
         local_d1, local_d2 = d1[grown], d2[grown]
@@ -108,6 +118,8 @@ def border_weight_map(instances, w0: float = 10.0, sigma: float = 5.0) -> np.nda
     weights = w0 * np.exp(-((d1 + d2) ** 2) / (2 * sigma**2))
     weights[instances > 0] = 0
     weights[~np.isfinite(weights)] = 0
+    if mask is not None:
+        weights[~mask] = 0
     return weights.astype(np.float32)
 
 

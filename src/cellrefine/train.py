@@ -16,9 +16,11 @@ and at the end (``final.safetensors``); pick among them with
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -42,23 +44,20 @@ def grey_plane(image: np.ndarray) -> np.ndarray:
     """(Y, X) or (Y, X, C) → normalised (1, Y, X) float32.
 
     Colour channels are averaged (alpha dropped) and the grey image is
-    percentile-normalised (1-99.8 %), exactly as :func:`cellrefine.segment`
-    prepares a plane for a one-channel model.
+    percentile-normalised (1-99.8 %), through the same path as
+    :func:`cellrefine.segment` (:func:`cellrefine.reader.normalised_plane`).
     """
-    from .normalize import normalize
+    from .reader import normalised_plane
 
     image = np.asarray(image)
-    if image.ndim == 3:
-        channels = image[..., :3] if image.shape[-1] == 4 else image
-        image = channels.astype(np.float32).mean(axis=-1)
-    return normalize(image)[None]
+    return normalised_plane(image, "YXC" if image.ndim == 3 else "YX")
 
 
 def main(argv=None) -> int:
     import torch
 
     from .model.io import Model
-    from .training import FinetuneSettings, _Sampler, optimize, prepare_sample
+    from .training import Plane, Sampler, SampleSet, TrainSettings, optimize
 
     parser = argparse.ArgumentParser(prog="python -m cellrefine.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("train_dir", help="folder of .npz image/label pairs")
@@ -70,6 +69,7 @@ def main(argv=None) -> int:
     parser.add_argument("--depth", type=int, default=3)
     parser.add_argument("--base-channels", type=int, default=16)
     parser.add_argument("--weighting", choices=["unet", "class"], default="unet")
+    parser.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="auto")
     parser.add_argument("--save-every", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
@@ -78,11 +78,11 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
 
-    settings = FinetuneSettings(
+    settings = TrainSettings(
+        steps=args.steps,
         batch_size=args.batch_size,
         crop_size=args.crop_size,
         learning_rate=args.lr,
@@ -92,34 +92,33 @@ def main(argv=None) -> int:
         dice=0.5,
         changed_weight=1.0,
         seed=args.seed,
-    )
+        precision=args.precision,
+    ).validate()
     started = time.time()
     pairs = load_npz_folder(args.train_dir)
-    samples = [prepare_sample(grey_plane(image), labels, settings=settings) for image, labels, _ in pairs]
-    logger.info("prepared %d samples in %.0f s", len(samples), time.time() - started)
-    rng = np.random.default_rng(args.seed)
-    sampler = _Sampler(samples, args.crop_size, rng)
-    sampler.image_p = np.full(len(samples), 1 / len(samples))  # every image equally likely
-    model = Model(
-        config={
-            "name": args.name,
-            "architecture": {"in_channels": 1, "out_channels": 3, "depth": args.depth, "base_channels": args.base_channels, "norm": "batch"},
-        }
-    )
+    samples = SampleSet([Plane(grey_plane(image), np.asarray(labels)) for image, labels, _ in pairs], "instances", settings)
+    sampler = Sampler(samples, settings.crop_size, np.random.default_rng(args.seed), image_weights="uniform")  # every image equally likely
+    architecture = {"in_channels": 1, "out_channels": 3, "depth": args.depth, "base_channels": args.base_channels, "norm": "batch"}
+    with torch.random.fork_rng(devices=[]):  # seeded weights without touching the process's generator
+        torch.manual_seed(args.seed)
+        model = Model(config={"name": args.name, "architecture": architecture})
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     losses = []
     record = {
         "kind": "train",
         "parent": None,
-        "data": str(args.train_dir),
+        "data": Path(args.train_dir).name,
         "n_images": len(samples),
-        "settings": {k: v for k, v in vars(settings).items()},
+        "settings": dataclasses.asdict(settings),
         "steps": args.steps,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "device": str(device),
+        "device": device.type,
     }
-    for step, loss, _ in optimize(model.network, sampler, settings, device, args.steps, seed=args.seed):
-        losses.append(loss)
+    for result in optimize(model.network, sampler, settings, device):
+        step = result.step
+        losses.append(result.loss)
+        if step == 1:
+            logger.info("prepared the samples in %.0f s", samples.preparation_seconds)
         if step % 50 == 0:
             logger.info("step %d/%d loss %.4f (%.0f s)", step, args.steps, float(np.mean(losses[-50:])), time.time() - started)
         if step % args.save_every == 0 or step == args.steps:
@@ -135,7 +134,10 @@ def main(argv=None) -> int:
             ]
             snapshot.save(out / (f"step_{step:05d}.safetensors" if step != args.steps else "final.safetensors"))
             model.network.train()
-    (out / "train_log.json").write_text(json.dumps({"losses": losses, "seconds": time.time() - started}))
+    log = out / "train_log.json"
+    partial = log.with_name(log.name + ".tmp")
+    partial.write_text(json.dumps({"losses": losses, "seconds": time.time() - started}))
+    os.replace(partial, log)  # never a half-written log
     logger.info("done in %.0f s", time.time() - started)
     return 0
 

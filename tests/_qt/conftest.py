@@ -40,7 +40,7 @@ def _no_leaked_workers(qtbot):
     before = set(threading.enumerate())
     yield
     from qtpy.QtCore import QThreadPool
-    from superqt.utils._qthreading import WorkerBase
+    from superqt.utils import WorkerBase
 
     qtbot.wait(20)  # deliver queued "finished" signals (workers leave the set on the GUI thread)
     running = list(WorkerBase._worker_set)

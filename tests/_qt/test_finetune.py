@@ -1,4 +1,4 @@
-"""The Fine-tune widget: training on painted corrections, Stop, responsiveness, model files."""
+"""The Fine-tune widget: training on painted corrections, Stop, closing mid-run, model and label files."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import time
 import numpy as np
 import pytest
 import torch
-from qtpy.QtCore import QTimer
 
 from cellrefine._qt.finetune_widget import FinetuneWidget
 from cellrefine._qt.segment_widget import SegmentWidget
@@ -40,9 +39,9 @@ def test_finetune_on_painted_corrections(qtbot, viewer, blobs):
     assert widget.image_combo.current_layer() is image
     assert widget.labels_combo.current_layer() is instances  # the corrected layer of the last segmentation
     qtbot.waitUntil(lambda: "Corrected: 3 objects" in widget.corrections.summary.text(), timeout=5_000)
-    widget.steps.setValue(10)
+    widget.steps.value = 10
     worker = widget.run()
-    assert not widget.train_button.isEnabled() and widget.stop_button.isEnabled()
+    assert not widget.controls.run_button.isEnabled() and widget.controls.stop_button.isEnabled()
     finish(qtbot, worker, timeout=120_000)
     qtbot.waitUntil(lambda: not widget.busy, timeout=60_000)  # the follow-up re-segmentation
 
@@ -79,48 +78,84 @@ def test_nothing_reviewed_is_a_message(qtbot, viewer, blobs, errors):
     assert tracker.reviewed_mask().all()
 
 
-def test_responsive_gui_while_training_and_stop_keeps_model(qtbot, viewer, blobs, record_property):
-    """A 20 ms timer on the GUI thread keeps ticking on time while the model trains."""
+def test_stop_returns_the_calibrated_model_from_the_core(qtbot, viewer, blobs):
+    """Stop sets the core's stop event: training ends after the step and the core still returns its model.
+
+    (How responsive the GUI stays while training is measured in benchmarks/ui_responsiveness.py --widgets.)
+    """
     session = get_session(viewer)
     _segment_and_correct(qtbot, viewer, blobs)
     original = session.model
     widget = FinetuneWidget(viewer)
-    widget.steps.setValue(2_000)
-    widget.resegment.setChecked(False)
-    ticks = []
-    timer = QTimer()
-    timer.setInterval(20)
-    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    widget.steps.value = 2_000
+    widget.resegment.value = False
     updates = []
 
     torch_threads = torch.get_num_threads()
     worker = widget.run()
     worker.yielded.connect(updates.append)
-    timer.start()
-    with qtbot.waitSignal(worker.finished, timeout=60_000):
-        qtbot.waitUntil(lambda: len(updates) >= 1, timeout=30_000)
+    with qtbot.waitSignal(worker.finished, timeout=120_000):
+        qtbot.waitUntil(lambda: any(u.phase == "training" for u in updates), timeout=60_000)
         first_step = time.perf_counter()
         qtbot.waitUntil(lambda: time.perf_counter() - first_step > 3.5, timeout=20_000)
         training_seconds = time.perf_counter() - first_step
         widget.stop()
-    timer.stop()
-
-    extra = (np.diff(ticks) - 0.020) * 1000
-    p95, worst = float(np.percentile(extra, 95)), float(extra.max())
-    print(
-        f"\nGUI timer while training: {len(ticks)} ticks over {training_seconds:.1f} s of training "
-        f"({len(updates)} steps): extra delay p50 {np.percentile(extra, 50):.1f} ms, p95 {p95:.1f} ms, max {worst:.1f} ms"
-    )
-    for name, value in (("timer_extra_p95_ms", p95), ("timer_extra_max_ms", worst), ("training_seconds", training_seconds)):
-        record_property(name, round(value, 1))
-    assert training_seconds >= 3.0 and len(updates) < 2_000
-    assert p95 < 100, f"p95 extra timer delay {p95:.0f} ms"
-    assert worst < 500, f"max extra timer delay {worst:.0f} ms"
+    steps = [u.step for u in updates if u.phase == "training"]
+    assert training_seconds >= 3.0 and len(steps) < 2_000
     assert torch.get_num_threads() == torch_threads  # restored after training
-    # Stop kept the model trained so far
-    assert session.model is not original and session.model.name == "tiny-finetuned"
+    # Stop kept the model trained so far, calibrated by the core
+    tuned = session.model
+    assert tuned is not original and tuned.name == "tiny-finetuned"
+    record = tuned.config["provenance"][-1]
+    assert record["stopped_early"] and record["steps"] == max(steps) and "thresholds_after" in record
+    assert [u.phase for u in updates][-1] != "training"  # the core went on to finalise after Stop
     assert "stopped" in widget.result.text()
-    assert widget.train_button.isEnabled()
+    assert widget.controls.run_button.isEnabled()
+    assert widget.controls.progress.format() == "stopped early"
+
+
+def test_closing_the_viewer_mid_finetune_stops_the_worker(qtbot, make_napari_viewer, tiny_model, blobs, capfd):
+    """Closing the viewer while training stops the worker; no handler touches a deleted Qt object."""
+    from napari.utils import notifications
+
+    viewer = make_napari_viewer(show=True)
+    session = get_session(viewer)
+    session.set_model(tiny_model)
+    _segment_and_correct(qtbot, viewer, blobs)
+    widget = FinetuneWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Fine-tune")
+    widget.steps.value = 5_000
+    received = []
+    original = notifications.notification_manager.receive_error
+    notifications.notification_manager.receive_error = lambda *exc_info: received.append(exc_info)
+    try:
+        updates = []
+        worker = widget.run()
+        worker.yielded.connect(updates.append)
+        with qtbot.waitSignal(worker.finished, timeout=120_000):
+            qtbot.waitUntil(lambda: sum(u.phase == "training" for u in updates) >= 2, timeout=60_000)
+            viewer.close()
+        qtbot.wait(200)  # let queued signals and deferred deletes run
+    finally:
+        notifications.notification_manager.receive_error = original
+    assert max(u.step for u in updates) < 5_000  # stopped, not run to the end
+    assert widget.jobs.closed and len(widget.jobs) == 0
+    assert received == [], received
+    assert "has been deleted" not in capfd.readouterr().err
+
+
+def test_closing_the_dock_stops_the_worker(qtbot, viewer, blobs):
+    _segment_and_correct(qtbot, viewer, blobs)
+    widget = FinetuneWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Fine-tune")
+    widget.steps.value = 5_000
+    updates = []
+    worker = widget.run()
+    worker.yielded.connect(updates.append)
+    with qtbot.waitSignal(worker.finished, timeout=120_000):
+        qtbot.waitUntil(lambda: sum(u.phase == "training" for u in updates) >= 1, timeout=60_000)
+        viewer.window.remove_dock_widget(widget)
+    assert widget.jobs.closed and max(u.step for u in updates) < 5_000
 
 
 def test_save_load_and_revert(qtbot, viewer, tmp_path, errors, monkeypatch):
@@ -158,8 +193,8 @@ def test_semantic_corrections_train_on_classes(qtbot, viewer, blobs, steps):
     classes.paint((30, 30), 1)
     widget = FinetuneWidget(viewer)
     assert widget.labels_combo.current_layer() is classes  # most recently painted
-    widget.steps.setValue(steps)
-    widget.resegment.setChecked(False)
+    widget.steps.value = steps
+    widget.resegment.value = False
     finish(qtbot, widget.run(), timeout=120_000)
     assert get_session(viewer).model.config["provenance"][-1]["steps"] == steps
 
@@ -174,7 +209,79 @@ def test_labels_drawn_from_scratch_count_where_they_have_objects(viewer):
     viewer.add_labels(drawn, name="drawn")
     widget = FinetuneWidget(viewer)
     widget.labels_combo.set_layer(viewer.layers["drawn"])
-    inputs = widget._inputs()
-    assert inputs["kind"] == "instances"
-    assert inputs["mask"][1].all() and not inputs["mask"][0].any() and not inputs["mask"][2].any()
+    inputs = widget.training_inputs()
+    assert inputs.kind == "instances"
+    assert inputs.reviewed_mask[1].all() and not inputs.reviewed_mask[0].any() and not inputs.reviewed_mask[2].any()
     assert "not a CellRefine result" in widget.corrections.summary.text()
+
+
+def test_gui_and_api_return_the_same_model(qtbot, viewer, blobs):
+    """The widget adds no policy: cellrefine.finetune on the same inputs and settings gives the same model."""
+    from cellrefine.training import FinetuneSettings, finetune
+
+    session = get_session(viewer)
+    _segment_and_correct(qtbot, viewer, blobs)
+    parent = session.model
+    widget = FinetuneWidget(viewer)
+    widget.steps.value = 6
+    widget.resegment.value = False
+    inputs = widget.training_inputs()
+    finish(qtbot, widget.run(), timeout=120_000)
+    gui = session.model
+    api = finetune(
+        parent,
+        [inputs.image],
+        [inputs.labels],
+        [inputs.reviewed_mask],
+        axes=inputs.axes,
+        kind=inputs.kind,
+        steps=6,
+        device=widget.device.value,
+        settings=FinetuneSettings(learning_rate=widget.learning_rate.value),
+    )
+    assert gui is not parent
+    gui_weights, api_weights = _weights(gui), _weights(api)
+    assert gui_weights.keys() == api_weights.keys()
+    for key in gui_weights:  # same run; only the torch thread count (and so float summation order) may differ
+        np.testing.assert_allclose(gui_weights[key].numpy(), api_weights[key].numpy(), atol=1e-4, err_msg=key)
+    assert gui.config["postprocess"] == api.config["postprocess"]
+    gui_record, api_record = gui.config["provenance"][-1], api.config["provenance"][-1]
+    for key in ("steps", "checkpoint", "thresholds_after", "data_sha256", "reviewed_pixels"):
+        assert gui_record[key] == api_record[key], key
+
+
+def test_result_shows_the_core_summary_and_segment_shows_the_calibration(qtbot, viewer, blobs):
+    from cellrefine.training import finetune_summary
+
+    _segment_and_correct(qtbot, viewer, blobs)
+    segment = SegmentWidget(viewer)
+    widget = FinetuneWidget(viewer)
+    widget.steps.value = 4
+    widget.resegment.value = False
+    finish(qtbot, widget.run(), timeout=120_000)
+    tuned = get_session(viewer).model
+    lines = finetune_summary(tuned)
+    assert lines and all(line in widget.result.text() for line in lines)
+    calibration = next(line for line in lines if line.startswith("thresholds re-picked"))
+    assert calibration in segment.thresholds_label.text()
+    thresholds = tuned.config["postprocess"]
+    assert (segment.foreground_threshold.value, segment.seed_threshold.value) == (thresholds["foreground_threshold"], thresholds["seed_threshold"])
+
+
+def test_save_labels_writes_a_tiff_atomically(qtbot, viewer, blobs, tmp_path, errors):
+    import tifffile
+
+    _, instances = _segment_and_correct(qtbot, viewer, blobs)
+    folder = tmp_path / "out"
+    folder.mkdir()
+    widget = FinetuneWidget(viewer)
+    assert widget.labels_combo.current_layer() is instances
+    path = widget.save_labels(folder / "corrected.tif")
+    assert path == folder / "corrected.tif"
+    np.testing.assert_array_equal(tifffile.imread(path), instances.data)
+    with tifffile.TiffFile(path) as tif:
+        assert tif.shaped_metadata[0]["axes"] == "YX"
+    assert [p.name for p in folder.iterdir()] == ["corrected.tif"]  # no temporary file left behind
+    assert "Saved 'img instances'" in widget.controls.status.text()
+    assert widget.save_labels(folder / "corrected.png") is None
+    assert ".tif or .tiff" in errors["error"][-1]

@@ -37,6 +37,7 @@ def test_sample_opens(make_napari_viewer):
     (layer,) = viewer.layers
     assert layer.data.shape == (4, 520, 696)
     assert layer.metadata["cellrefine_axes"] == "TYX"
+    assert tuple(layer.axis_labels) == ("T", "Y", "X")  # the slider says T
 
 
 def test_dock_both_widgets_through_manifest(make_napari_viewer):
@@ -50,3 +51,26 @@ def test_dock_both_widgets_through_manifest(make_napari_viewer):
     # napari hands widgets a proxy of the viewer; both must share the real viewer's session
     assert segment.viewer is viewer and finetune.viewer is viewer
     assert segment.session is finetune.session
+
+
+def test_docks_opened_from_the_menu_are_tabbed_and_fit_the_screen(make_napari_viewer, qtbot):
+    """As from the Plugins menu (no tabify argument): the second dock joins the first one's tabs; 1600×1000 is enough."""
+    from qtpy.QtWidgets import QDockWidget
+
+    def dock_of(widget):
+        parent = widget.parentWidget()
+        while not isinstance(parent, QDockWidget):
+            parent = parent.parentWidget()
+        return parent
+
+    viewer = make_napari_viewer(show=True)
+    _, segment = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment")
+    window = segment.window()
+    window.resize(1600, 1000)
+    _, finetune = viewer.window.add_plugin_dock_widget(PLUGIN, "Fine-tune")
+    qtbot.wait(100)
+    assert dock_of(finetune) in window.tabifiedDockWidgets(dock_of(segment))
+    assert window.height() <= 1000 and window.width() <= 1600
+    assert window.minimumSizeHint().height() <= 1000
+    for widget in (segment, finetune):
+        assert 0 < widget.minimumSizeHint().height() <= 400  # the rest scrolls

@@ -1,4 +1,4 @@
-"""Small Qt controls shared by the widgets: layer and device pickers."""
+"""Small Qt controls shared by the widgets: the layer picker and file dialogs."""
 
 from __future__ import annotations
 
@@ -9,27 +9,39 @@ from qtpy.QtWidgets import QComboBox
 if TYPE_CHECKING:
     import napari
 
-__all__ = ["LayerCombo", "DeviceCombo", "ask_model_path", "ask_save_path"]
+__all__ = ["LayerCombo", "ask_model_path", "ask_save_path", "ask_labels_path"]
 
 
 class LayerCombo(QComboBox):
-    """A dropdown of the viewer's layers of one type, kept in sync with the layer list."""
+    """A dropdown of the viewer's layers of one type, kept in sync with the layer list.
 
-    def __init__(self, viewer: napari.Viewer, layer_type, placeholder: str = "(none)", parent=None):
+    Its napari event connections are registered in ``events`` (an
+    :class:`~.job_controls.EventConnections`), so the owning widget can undo
+    them when it closes.
+    """
+
+    def __init__(self, viewer: napari.Viewer, layer_type, placeholder: str = "(none)", events=None, parent=None):
+        from .job_controls import EventConnections
+
         super().__init__(parent)
         self._viewer = viewer
         self._type = layer_type
         self._placeholder = placeholder
         self._layers: list = []
-        viewer.layers.events.inserted.connect(self._on_inserted)
-        viewer.layers.events.removed.connect(self.refresh)
-        viewer.layers.events.moved.connect(self.refresh)
+        self.events = events if events is not None else EventConnections()
+        self.events.connect(viewer.layers.events.inserted, self._on_inserted)
+        self.events.connect(viewer.layers.events.removed, self.refresh)
+        self.events.connect(viewer.layers.events.moved, self.refresh)
         for layer in viewer.layers:
-            layer.events.name.connect(self.refresh)
+            self.events.connect(layer.events.name, self.refresh)
+        # long layer names must not widen the dock: show what fits, the full name in the tooltip
+        self.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.setMinimumContentsLength(14)
+        self.currentTextChanged.connect(self.setToolTip)
         self.refresh()
 
     def _on_inserted(self, event) -> None:
-        event.value.events.name.connect(self.refresh)
+        self.events.connect(event.value.events.name, self.refresh)
         self.refresh()
 
     def refresh(self, event=None) -> None:
@@ -58,34 +70,6 @@ class LayerCombo(QComboBox):
                 return
 
 
-class DeviceCombo(QComboBox):
-    """``auto`` / ``cpu`` / ``cuda`` / ``mps``; unavailable devices are listed but disabled."""
-
-    def __init__(self, parent=None):
-        super().__init__(parent)
-        from ..device import DEVICES
-
-        self.addItems(list(DEVICES))
-        self.setToolTip("Where the network runs; 'auto' picks CUDA, then Apple MPS, then the CPU.")
-        try:
-            import torch
-
-            available = {"auto": True, "cpu": True, "cuda": torch.cuda.is_available()}
-            mps = getattr(torch.backends, "mps", None)
-            available["mps"] = bool(mps is not None and mps.is_available())
-        except ImportError:  # torch missing: only the error on Run will explain
-            available = dict.fromkeys(DEVICES, True)
-        model = self.model()
-        for index, name in enumerate(DEVICES):
-            if not available.get(name, True):
-                item = model.item(index)
-                item.setEnabled(False)
-                item.setToolTip(f"{name} is not available on this machine")
-
-    def device(self) -> str:
-        return self.currentText()
-
-
 def ask_model_path(parent) -> str | None:
     """File dialog for a saved model (a ``.safetensors`` file, or a model folder's file)."""
     from pathlib import Path
@@ -103,9 +87,20 @@ def ask_model_path(parent) -> str | None:
 
 
 def ask_save_path(parent, suggestion: str = "model.safetensors") -> str | None:
+    """Save dialog for a model; the path ends in ``.safetensors``."""
     from qtpy.QtWidgets import QFileDialog
 
     path, _ = QFileDialog.getSaveFileName(parent, "Save the CellRefine model", suggestion, "CellRefine model (*.safetensors)")
     if not path:
         return None
     return path if path.endswith(".safetensors") else path + ".safetensors"
+
+
+def ask_labels_path(parent, suggestion: str) -> str | None:
+    """Save dialog for a labels image; the path ends in ``.tif`` or ``.tiff``."""
+    from qtpy.QtWidgets import QFileDialog
+
+    path, _ = QFileDialog.getSaveFileName(parent, "Save labels as TIFF", suggestion, "TIFF image (*.tif *.tiff)")
+    if not path:
+        return None
+    return path if path.lower().endswith((".tif", ".tiff")) else path + ".tif"

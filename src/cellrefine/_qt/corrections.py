@@ -88,10 +88,13 @@ class CorrectionTracker:
         self._painted = self._touched = None
         self._reviewed = np.zeros(tzyx(self.prediction, self.axes).shape, bool)
 
-    def disconnect(self) -> None:
-        layer = self.layer
-        if layer is not None:
-            layer.events.paint.disconnect(self._on_paint)
+    def set_prediction(self, prediction) -> None:
+        """CellRefine itself changed the layer (e.g. classes recomputed from edited instances):
+        take ``prediction`` as the new reference, keeping the marked reviewed regions."""
+        prediction = np.array(prediction, copy=True)
+        if tzyx(prediction, self.axes).shape != self._reviewed.shape:
+            raise ValueError(f"the new prediction has shape {prediction.shape}, the layer had {self.prediction.shape}.")
+        self.prediction = prediction
 
     def _data(self) -> np.ndarray:
         layer = self.layer

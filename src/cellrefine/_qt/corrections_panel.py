@@ -56,16 +56,20 @@ class CorrectionsPanel(QWidget):
     """How much of a result layer was corrected, and buttons to mark regions reviewed.
 
     ``labels_getter()`` returns the Labels layer to act on (the Fine-tune
-    widget's labels choice).
+    widget's labels choice). napari event connections are registered in
+    ``events`` (the owner's :class:`~.job_controls.EventConnections`).
     """
 
-    def __init__(self, viewer: napari.Viewer, session, labels_getter: Callable, parent=None):
+    def __init__(self, viewer: napari.Viewer, session, labels_getter: Callable, events=None, parent=None):
         super().__init__(parent)
         from napari.layers import Shapes
+
+        from .job_controls import EventConnections
 
         self.viewer = viewer
         self.session = session
         self._labels_getter = labels_getter
+        self._events = events if events is not None else EventConnections()
         self._watched = None
         self.summary = QLabel()
         self.summary.setWordWrap(True)
@@ -73,7 +77,7 @@ class CorrectionsPanel(QWidget):
         self.mark_slice_button.setToolTip("Everything on this slice is correct: train on all of it (including background)")
         self.mark_shapes_button = QPushButton("Mark shapes as reviewed")
         self.mark_shapes_button.setToolTip("Train on the areas of the rectangles/polygons/ellipses of the Shapes layer (current slice)")
-        self.shapes_combo = LayerCombo(viewer, Shapes, "(no shapes layer)")
+        self.shapes_combo = LayerCombo(viewer, Shapes, "(no shapes layer)", events=self._events)
         layout = QFormLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addRow(self.summary)
@@ -95,7 +99,7 @@ class CorrectionsPanel(QWidget):
         """Follow edits of ``layer`` (undo emits no paint event, only a reload)."""
         if self._watched is not None and self._watched() is not None:
             old = self._watched()
-            for name in ("data", "reload"):
+            for name in ("data", "set_data", "reload"):
                 emitter = getattr(old.events, name, None)
                 if emitter is not None:
                     emitter.disconnect(self._schedule)
@@ -103,10 +107,10 @@ class CorrectionsPanel(QWidget):
         if layer is not None:
             import weakref
 
-            for name in ("data", "reload"):
+            for name in ("data", "set_data", "reload"):
                 emitter = getattr(layer.events, name, None)
                 if emitter is not None:
-                    emitter.connect(self._schedule)
+                    self._events.connect(emitter, self._schedule)
             self._watched = weakref.ref(layer)
         self.refresh()
 

@@ -1,64 +1,55 @@
-"""The Fine-tune widget: train the current model on the user's corrections, in the background."""
+"""The Fine-tune widget: train the current model on the user's corrections, in the background.
+
+The widget only collects inputs and displays: which checkpoint to keep, when
+to stop and the threshold calibration are decided by the core
+(:func:`cellrefine.training.iter_finetune`), so the GUI, the CLI and the API
+return the same model for the same corrections.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import threading
 import time
 from typing import TYPE_CHECKING
 
 import numpy as np
-from qtpy.QtWidgets import (
-    QCheckBox,
-    QDoubleSpinBox,
-    QFormLayout,
-    QGroupBox,
-    QHBoxLayout,
-    QLabel,
-    QProgressBar,
-    QPushButton,
-    QSpinBox,
-    QVBoxLayout,
-    QWidget,
-)
+from qtpy.QtWidgets import QFormLayout, QGroupBox, QHBoxLayout, QLabel, QPushButton, QVBoxLayout
 
-from ..axes import from_tzyx, spatial_shape
-from ..training import FinetuneSettings
-from .controls import DeviceCombo, LayerCombo, ask_model_path, ask_save_path
-from .corrections import tzyx
+from ..axes import spatial_shape
+from ..training import FinetuneSettings, reviewed_mask_from_labelled_planes
+from .controls import LayerCombo, ask_labels_path, ask_model_path, ask_save_path
 from .corrections_panel import CorrectionsPanel
+from .dock import Panel
+from .forms import Field, build_form, device_field, disable_unavailable_devices
+from .job_controls import JobControls
 from .jobs import SegmentRequest, finetune_job, start_segmentation
+from .label_files import save_labels
 from .layers import current_plane, layer_array, layer_axes
 from .plots import LossCurve
 from .recent import add_recent_model
-from .session import get_session, unwrap_viewer
-from .workers import UserError, eta_text, format_seconds, report_error, report_warning, start_job
+from .summaries import finetune_lines
+from .workers import UserError, format_seconds, report_error, report_warning
 
 if TYPE_CHECKING:
     import napari
 
-__all__ = ["FinetuneWidget", "metrics_summary"]
+__all__ = ["FinetuneWidget", "TrainingInputs"]
 
 
-def metrics_summary(model) -> str:
-    """ "reviewed accuracy 0.81 → 0.93 …" from the last provenance record of ``model``."""
-    records = model.config.get("provenance") or []
-    if not records:
-        return ""
-    record = records[-1]
-    before, after = record.get("metrics_before") or {}, record.get("metrics_after") or {}
-    lines = []
-    for key, label in (
-        ("reviewed_accuracy", "reviewed pixel accuracy"),
-        ("reviewed_iou_cell", "cell IoU"),
-        ("reviewed_iou_boundary", "boundary IoU"),
-    ):
-        if key in before or key in after:
-            b, a = before.get(key), after.get(key)
-            fmt = lambda v: "n/a" if v is None or v != v else f"{v:.3f}"
-            lines.append(f"{label}: {fmt(b)} → {fmt(a)}")
-    return "\n".join(lines)
+@dataclasses.dataclass
+class TrainingInputs:
+    """Copies of the layer data to train on (made on the GUI thread)."""
+
+    image_layer: object
+    axes: str
+    image: np.ndarray
+    labels: np.ndarray
+    reviewed_mask: np.ndarray
+    kind: str
 
 
-class FinetuneWidget(QWidget):
+class FinetuneWidget(Panel):
     """Fine-tune the session's model on a corrected labels layer (reviewed pixels only).
 
     ``run()`` does what the Fine-tune button does and returns the napari
@@ -66,41 +57,40 @@ class FinetuneWidget(QWidget):
     """
 
     def __init__(self, napari_viewer: napari.Viewer):
-        super().__init__()
+        super().__init__(napari_viewer)
         from napari.layers import Image, Labels
 
-        napari_viewer = unwrap_viewer(napari_viewer)
-        self.viewer = napari_viewer
-        self.session = get_session(napari_viewer)
-        self.worker = None
+        napari_viewer = self.viewer
         self.followup_worker = None
-        self._best = None
-        self._stopped: dict = {}
-        self._adopted = False
+        self._run: dict = {}
 
-        self.image_combo = LayerCombo(napari_viewer, Image, "(no image layer)")
-        self.labels_combo = LayerCombo(napari_viewer, Labels, "(no labels layer)")
-        self.corrections = CorrectionsPanel(napari_viewer, self.session, self.labels_combo.current_layer)
+        self.image_combo = LayerCombo(napari_viewer, Image, "(no image layer)", events=self.events)
+        self.labels_combo = LayerCombo(napari_viewer, Labels, "(no labels layer)", events=self.events)
+        self.save_labels_button = QPushButton("Save labels…")
+        self.save_labels_button.setToolTip("Save the corrected labels layer as a TIFF (axes in its metadata)")
+        self.corrections = CorrectionsPanel(napari_viewer, self.session, self.labels_combo.current_layer, events=self.events)
         defaults = FinetuneSettings()
-        self.steps = QSpinBox()
-        self.steps.setRange(1, 100_000)
-        self.steps.setValue(defaults.steps)
-        self.steps.setToolTip("Optimisation steps (each a batch of random crops around reviewed pixels)")
-        self.learning_rate = QDoubleSpinBox()
-        self.learning_rate.setDecimals(5)
-        self.learning_rate.setRange(1e-5, 1e-1)
-        self.learning_rate.setSingleStep(1e-4)
-        self.learning_rate.setValue(defaults.learning_rate)
-        self.device_combo = DeviceCombo()
-        self.resegment = QCheckBox("Re-segment the current slice when done")
-        self.resegment.setChecked(True)
-        self.train_button = QPushButton("Fine-tune")
-        self.stop_button = QPushButton("Stop")
-        self.stop_button.setToolTip("Stop now and keep the best model so far")
-        self.stop_button.setEnabled(False)
-        self.progress = QProgressBar()
-        self.progress.setFormat("idle")
-        self.progress.setValue(0)
+        self.form = build_form(
+            [
+                Field(
+                    "steps",
+                    "Steps",
+                    defaults.steps,
+                    int,
+                    "SpinBox",
+                    {"min": 1, "max": 100_000},
+                    "Optimisation steps (each a batch of random crops around reviewed pixels)",
+                ),
+                Field("learning_rate", "Learning rate", defaults.learning_rate, float, "FloatSpinBox", {"min": 1e-5, "max": 1e-1, "step": 1e-4}),
+                device_field(),
+                Field("resegment", "Re-segment the current slice when done", True, bool),
+            ]
+        )
+        self.steps, self.learning_rate, self.device, self.resegment = (self.form[name] for name in ("steps", "learning_rate", "device", "resegment"))
+        disable_unavailable_devices(self.device)
+        self.controls = JobControls(
+            self.jobs, "Fine-tune", "Stop", "Stop after this step; the core keeps its best checkpoint and calibrates it", "step"
+        )
         self.curve = LossCurve()
         self.result = QLabel("")
         self.result.setWordWrap(True)
@@ -111,8 +101,8 @@ class FinetuneWidget(QWidget):
         self.revert_button = QPushButton("Revert to bundled")
         self._build_layout()
 
-        self.train_button.clicked.connect(self.run)
-        self.stop_button.clicked.connect(self.stop)
+        self.controls.run_button.clicked.connect(self.run)
+        self.save_labels_button.clicked.connect(lambda: self.save_labels())
         self.save_button.clicked.connect(lambda: self.save_model())
         self.load_button.clicked.connect(lambda: self.load_model())
         self.revert_button.clicked.connect(self.revert_model)
@@ -125,23 +115,22 @@ class FinetuneWidget(QWidget):
 
     def _build_layout(self) -> None:
         data = QGroupBox("Training data")
-        form = QFormLayout(data)
+        box = QVBoxLayout(data)
+        form = QFormLayout()
         form.addRow("Image", self.image_combo)
         form.addRow("Corrected labels", self.labels_combo)
-        form.addRow(self.corrections)
+        box.addLayout(form)
+        row = QHBoxLayout()
+        row.addStretch(1)
+        row.addWidget(self.save_labels_button)
+        box.addLayout(row)
+        box.addWidget(self.corrections)
         training = QGroupBox("Training")
-        form = QFormLayout(training)
-        form.addRow("Steps", self.steps)
-        form.addRow("Learning rate", self.learning_rate)
-        form.addRow("Device", self.device_combo)
-        form.addRow(self.resegment)
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.train_button)
-        buttons.addWidget(self.stop_button)
-        form.addRow(buttons)
-        form.addRow(self.progress)
-        form.addRow(self.curve)
-        form.addRow(self.result)
+        box = QVBoxLayout(training)
+        box.addWidget(self.form.native)
+        box.addWidget(self.controls)
+        box.addWidget(self.curve)
+        box.addWidget(self.result)
         model = QGroupBox("Model")
         box = QVBoxLayout(model)
         box.addWidget(self.model_label)
@@ -149,20 +138,22 @@ class FinetuneWidget(QWidget):
         for button in (self.save_button, self.load_button, self.revert_button):
             row.addWidget(button)
         box.addLayout(row)
-        layout = QVBoxLayout(self)
-        for widget in (data, training, model):
-            layout.addWidget(widget)
-        layout.addStretch(1)
+        self.set_sections([data, training, model])
 
     # -- state -------------------------------------------------------------------------
     @property
+    def worker(self):
+        """The running fine-tune's worker (None when idle)."""
+        return self.controls.worker
+
+    @property
     def busy(self) -> bool:
         """True while fine-tuning or the follow-up re-segmentation runs."""
-        return self.worker is not None or self.followup_worker is not None
+        return self.controls.busy or self.followup_worker is not None
 
     def apply_defaults(self) -> None:
         """Select the image and corrected labels of the last segmentation (most recently painted first)."""
-        if self.worker is not None:
+        if self.controls.busy:
             return
         image, labels = self.session.default_training_layers()
         if image is not None:
@@ -177,7 +168,8 @@ class FinetuneWidget(QWidget):
         self.model_label.setText(f"Current model: {self.session.model_description()}")
 
     # -- training ----------------------------------------------------------------------
-    def _inputs(self) -> dict:
+    def training_inputs(self) -> TrainingInputs:
+        """Copies of the chosen image, labels and reviewed pixels (raises UserError when unusable)."""
         image_layer, labels_layer = self.image_combo.current_layer(), self.labels_combo.current_layer()
         if image_layer is None or labels_layer is None:
             raise UserError("Choose an image and its corrected labels layer (segment the image first, then correct the result).")
@@ -190,13 +182,11 @@ class FinetuneWidget(QWidget):
                 f"{labels_layer.name!r} has shape {labels.shape} but {image_layer.name!r} (axes {axes}) needs labels of shape {expected}."
             )
         tracker = self.session.tracker_for(labels_layer)
-        kind = "instances"
         if tracker is None:
-            # not a CellRefine result (e.g. drawn from scratch): every slice holding labels counts as reviewed
-            planes = tzyx(labels, axes.replace("C", "")).any(axis=(2, 3))
-            if not planes.any():
+            # not a CellRefine result (e.g. drawn from scratch): the core decides what counts as reviewed
+            mask, kind = reviewed_mask_from_labelled_planes(labels, axes.replace("C", "")), "instances"
+            if not mask.any():
                 raise UserError(f"{labels_layer.name!r} is empty: paint some objects first.")
-            mask = from_tzyx(np.broadcast_to(planes[:, :, None, None], tzyx(labels, axes.replace("C", "")).shape).copy(), axes)
         else:
             mask, kind = tracker.reviewed_mask(), tracker.kind
             if not mask.any():
@@ -204,159 +194,150 @@ class FinetuneWidget(QWidget):
                     f"Nothing in {labels_layer.name!r} is reviewed yet: correct some objects with the Labels tools, "
                     "or use 'Mark current slice reviewed', then fine-tune."
                 )
-        return {"image_layer": image_layer, "axes": axes, "image": image, "labels": labels, "mask": mask, "kind": kind}
+        return TrainingInputs(image_layer, axes, image, labels, mask, kind)
 
     def run(self):
         """Start fine-tuning; returns the worker (None if the inputs are invalid)."""
-        if self.busy:
-            report_warning("Fine-tuning is already running; stop it first.")
+        if self.followup_worker is not None:
+            report_warning("The re-segmentation after the last fine-tune is still running; try again in a moment.")
             return None
-        try:
-            inputs = self._inputs()
+        stop = threading.Event()
+
+        def starter():
+            inputs = self.training_inputs()
             model = self.session.get_model()
-            settings = FinetuneSettings(learning_rate=float(self.learning_rate.value()))
-            self._stopped, self._best, self._adopted = {}, None, False
-            self._image_layer, self._axes = inputs["image_layer"], inputs["axes"]
-            self.worker = start_job(
+            settings = FinetuneSettings(learning_rate=float(self.learning_rate.value))
+            steps = int(self.steps.value)
+            worker = self.jobs.start(
                 finetune_job,
                 model,
-                [inputs["image"]],
-                [inputs["labels"]],
-                [inputs["mask"]],
-                inputs["axes"],
-                inputs["kind"],
-                int(self.steps.value()),
-                self.device_combo.device(),
+                inputs.image,
+                inputs.labels,
+                inputs.reviewed_mask,
+                inputs.axes,
+                inputs.kind,
+                steps,
+                self.device.value,
                 settings,
-                self._stopped,
+                stop,
+                stop_event=stop,
                 on_yielded=self._on_update,
                 on_returned=self._on_returned,
-                on_finished=self._on_finished,
             )
-        except (UserError, OSError, ValueError, TypeError) as error:
-            report_error(error)
+            self._run = {"inputs": inputs, "model": model, "steps": steps, "started": time.perf_counter(), "step": 0}
+            return worker
+
+        worker = self.controls.launch("Fine-tuning", starter, stop_event=stop, starting="preparing…")
+        if worker is None:
             return None
-        self._started = time.perf_counter()
-        self._aborted = False
+        inputs, model = self._run["inputs"], self._run["model"]
         self.curve.clear()
-        self.curve.set_total(int(self.steps.value()))
-        self.progress.setRange(0, 0)
-        self.progress.setFormat("preparing…")
+        self.curve.set_total(self._run["steps"])
         self.result.setText("")
-        self.train_button.setEnabled(False)
-        self.stop_button.setEnabled(True)
-        reviewed = f"{int(inputs['mask'].sum())} reviewed pixels"
-        self.result.setText(f"Fine-tuning {model.name} on {reviewed}…")
-        return self.worker
+        self._run["training_text"] = f"Fine-tuning {model.name} on {int(inputs.reviewed_mask.sum())} reviewed pixels of {inputs.image_layer.name!r}…"
+        self.controls.status.setText(self._run["training_text"])
+        return worker
 
     def stop(self) -> None:
-        """Stop after the current step and keep the best model so far."""
-        if self.worker is not None:
-            self._aborted = True  # also when the last step is already done: "returned" is not sent after quit()
-            self.worker.quit()
-            self.result.setText("Stopping… (the best model so far is kept)")
+        """Stop after the current step; the core still returns its calibrated model."""
+        if self.controls.busy:
+            self.controls.stop()
+            self.controls.status.setText("Stopping after this step… (the core then picks its checkpoint and calibrates it)")
 
     def _on_update(self, update) -> None:
-        self.curve.add(update.step, update.loss, update.metrics.get("loss_smoothed"))
-        self.progress.setRange(0, update.total)
-        self.progress.setValue(update.step)
-        eta = eta_text(update.step, update.total, update.metrics.get("seconds", 0.0))
-        self.progress.setFormat(f"step {update.step}/{update.total}  {eta}".rstrip())
-        accuracy = update.metrics.get("reviewed_accuracy")
-        if update.model is not None and accuracy is not None and (self._best is None or accuracy > self._best[1]):
-            self._best = (update.model, accuracy)
+        if update.phase == "training":
+            self._run["step"] = update.step
+            self.curve.add(update.step, update.loss, update.metrics.get("loss_smoothed"))
+            if self._run.get("phase") != "training":
+                self.controls.status.setText(self._run["training_text"])
+        elif update.message:  # preparing, scoring, calibrating: what the core is doing, in its words
+            self.controls.status.setText(update.message)
+        self._run["phase"] = update.phase
 
-    def _on_returned(self, final) -> None:
-        after = (final.config.get("provenance") or [{}])[-1].get("metrics_after", {})
-        chosen = final
-        if self._best is not None and self._best[1] > after.get("reviewed_accuracy", -1.0):
-            chosen = self._best[0]
-        self._adopt(chosen, "finished")
-
-    def _on_finished(self) -> None:
-        self.worker = None
-        self.train_button.setEnabled(True)
-        self.stop_button.setEnabled(False)
-        if self.progress.maximum() == 0:
-            self.progress.setRange(0, 1)
-            self.progress.setFormat("failed")
-        if self._aborted and not self._adopted:
-            # the worker closed its generator before `finished`: the stop snapshot is in place
-            if self._best is not None:
-                self._adopt(self._best[0], "stopped, best checkpoint kept")
-            elif self._stopped.get("model") is not None:
-                self._adopt(self._stopped["model"], f"stopped at step {self._stopped.get('step')}, not validated")
-            else:
-                self.result.setText("Stopped before the first step; the model is unchanged.")
-
-    def _adopt(self, model, how: str) -> None:
-        self._adopted = True
+    def _on_returned(self, model) -> None:
         self.session.set_model(model, ("memory", model.name))
-        seconds = format_seconds(time.perf_counter() - self._started)
-        summary = metrics_summary(model)
+        seconds = format_seconds(time.perf_counter() - self._run["started"])
         record = (model.config.get("provenance") or [{}])[-1]
-        before = (record.get("metrics_before") or {}).get("reviewed_accuracy")
-        after = (record.get("metrics_after") or {}).get("reviewed_accuracy")
-        if before is not None and after is not None and after < before - 0.01:
-            warning = (
-                f"The fine-tuned model is less accurate on the reviewed pixels than the one it started from ({before:.3f} → {after:.3f}). "
-                "Correct more objects or mark whole reviewed slices, or go back with Load…/Revert."
-            )
-            report_warning(warning)
-            summary += "\nWarning: worse than before on the reviewed pixels."
-        self.result.setText(f"Fine-tuning {how} after {seconds}.\n{summary}".strip())
-        self.progress.setFormat(how)
-        if self.resegment.isChecked():
+        if self.controls.stop_requested or record.get("stopped_early"):
+            how = f"Fine-tuning stopped at step {record.get('steps', self._run['step'])} of {self._run['steps']} after {seconds}."
+        else:
+            how = f"Fine-tuning finished after {seconds}."
+        lines = finetune_lines(model)
+        self.result.setText("\n".join([how, *lines]))
+        for line in lines:
+            if line.lower().startswith("warning"):
+                report_warning(f"{model.name}: {line}")
+        self.controls.status.setText(f"The current model is now {model.name} (in memory: Save… keeps it).")
+        if self.resegment.value:
             self._resegment()
 
     def _resegment(self) -> None:
         """Segment the current slice of the training image with the new model (edited layers are kept)."""
-        layer = self._image_layer
+        inputs = self._run["inputs"]
+        layer = inputs.image_layer
         if not any(existing is layer for existing in self.viewer.layers):
             return
         record = self.session.record_for(layer)
-        settings = record.segmentation.settings if record is not None else None
-        request = SegmentRequest(
+        request = SegmentRequest(  # postprocess None: the new model's own (calibrated) thresholds
             image_layer=layer,
-            axes=self._axes,
-            device=self.device_combo.device(),
-            planes=[current_plane(self.viewer, layer, self._axes)],
-            postprocess=settings,
+            axes=inputs.axes,
+            device=self.device.value,
+            planes=[current_plane(self.viewer, layer, inputs.axes)],
             show_probabilities=bool(record and record.show_probabilities),
         )
         try:
             self.followup_worker = start_segmentation(
-                self.viewer, self.session, request, on_done=self._on_resegmented, on_finished=self._on_resegment_finished
+                self.jobs, self.viewer, self.session, request, on_done=self._on_resegmented, on_finished=self._on_resegment_finished
             )
-        except (OSError, ValueError, TypeError) as error:
+        except (OSError, ValueError, TypeError, UserError) as error:
             report_error(error)
 
     def _on_resegmented(self, record) -> None:
         layer = record.layer("instances")
         name = layer.name if layer is not None else "instances"
-        self.result.setText(self.result.text() + f"\nRe-segmented the current slice with the new model into {name!r}.")
+        how = record.written.get("instances", "")
+        self.result.setText(
+            self.result.text() + f"\nRe-segmented the current slice with the new model into {name!r}" + (f" ({how})." if how else ".")
+        )
 
     def _on_resegment_finished(self) -> None:
         self.followup_worker = None
 
-    # -- model files -------------------------------------------------------------------
+    # -- files -------------------------------------------------------------------------
+    def _write(self, path, ask, write):
+        """``write(path)`` (asking for ``path`` with ``ask()`` when None); a failure is shown. Returns what ``write`` returned or None."""
+        path = path or ask()
+        if not path:
+            return None
+        try:
+            return write(path)
+        except (OSError, ValueError, TypeError) as error:
+            report_error(error)
+            return None
+
+    def save_labels(self, path=None):
+        """Save the chosen labels layer as a TIFF; asks for a path when None. Returns the path (or None)."""
+        layer = self.labels_combo.current_layer()
+        if layer is None:
+            report_warning("No labels layer to save.")
+            return None
+        axes = (layer.metadata or {}).get("cellrefine_axes")
+        written = self._write(path, lambda: ask_labels_path(self, f"{layer.name}.tif"), lambda target: save_labels(layer_array(layer), target, axes))
+        if written is not None:
+            self.controls.status.setText(f"Saved {layer.name!r} to {written}.")
+        return written
+
     def save_model(self, path=None):
         """Save the current model (with its provenance); asks for a path when None."""
         model = self.session.model
         if model is None:
             report_warning("No model to save yet: fine-tune or load one first.")
             return None
-        path = path or ask_save_path(self, f"{model.name}.safetensors")
-        if not path:
-            return None
-        try:
-            written = model.save(path)
-        except (OSError, ValueError) as error:
-            report_error(error)
-            return None
-        add_recent_model(written)
-        self.session.set_model(model, ("file", str(written)))
-        self.result.setText(f"Saved {model.name} to {written}.")
+        written = self._write(path, lambda: ask_save_path(self, f"{model.name}.safetensors"), model.save)
+        if written is not None:
+            add_recent_model(written)
+            self.session.set_model(model, ("file", str(written)))
+            self.controls.status.setText(f"Saved {model.name} to {written}.")
         return written
 
     def load_model(self, path=None):

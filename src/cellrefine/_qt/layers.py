@@ -24,9 +24,10 @@ from .workers import UserError
 if TYPE_CHECKING:
     import napari
 
-__all__ = ["layer_axes", "layer_array", "current_plane", "result_geometry", "unique_name", "layer_shape"]
+__all__ = ["layer_axes", "axes_warning", "layer_array", "current_plane", "result_geometry", "unique_name", "layer_shape", "GUESSED"]
 
 _GUESS = {2: "YX", 3: "ZYX", 4: "TZYX", 5: "TZCYX"}
+GUESSED = "guessed from the number of dimensions"
 
 
 def layer_shape(layer) -> tuple:
@@ -71,7 +72,7 @@ def layer_axes(viewer: napari.Viewer, layer, override: str = "") -> tuple[str, s
             else:
                 if layer.ndim not in _GUESS:
                     raise UserError(f"layer {layer.name!r} has {layer.ndim} dimensions; CellRefine needs 2 to 5 (axes out of {AXES!r}).")
-                candidates.append((_GUESS[layer.ndim] + ("C" if rgb else ""), "guessed from the number of dimensions"))
+                candidates.append((_GUESS[layer.ndim] + ("C" if rgb else ""), GUESSED))
     axes, source = candidates[0]
     try:
         axes = check_axes(shape, axes)
@@ -80,6 +81,30 @@ def layer_axes(viewer: napari.Viewer, layer, override: str = "") -> tuple[str, s
     if rgb and axes[-1] != "C":
         raise UserError(f"layer {layer.name!r} is RGB, so its last axis is colour: axes must end in 'C', got {axes!r}.")
     return axes, source
+
+
+def axes_warning(layer, axes: str, source: str) -> str | None:
+    """A warning when guessed axes look wrong: a 2- or 3-item leading axis taken as Z/T
+    (e.g. (2, Y, X): perhaps channels), or a 2- to 4-item last axis taken as X
+    (e.g. (Y, X, 2): channels last). None when the axes were not guessed or look fine."""
+    if source != GUESSED:
+        return None
+    shape = layer_shape(layer)
+    letters = layer_dims_axes(layer, axes)
+    if len(letters) < 3:
+        return None
+    lead, size = letters[0], shape[0]
+    if shape[-1] <= 4 and letters[-1] == "X":
+        return (
+            f"{layer.name!r} has shape {shape}: its axes were guessed as {axes}, i.e. {shape[0]} planes of {shape[-2]} × {shape[-1]} pixels. "
+            f"If the last axis holds {shape[-1]} channels, type {axes[1:-2] + 'YXC'} in Axes."
+        )
+    if lead in "ZT" and size in (2, 3):
+        return (
+            f"{layer.name!r} has shape {shape}: its first axis ({size} items) was guessed as {lead}. "
+            f"If it holds channels or time points, type e.g. {'C' + axes[1:]} or {'T' + axes[1:]} in Axes."
+        )
+    return None
 
 
 def layer_dims_axes(layer, axes: str) -> str:

@@ -19,7 +19,9 @@ class ModelPicker(QWidget):
 
     Entries: "Bundled model", the recent model files (persisted, see
     :mod:`.recent`), the in-memory model (e.g. just fine-tuned) when there is
-    one, and "Load model file…" (a file dialog).
+    one, and "Load model file…" (a file dialog). Under the dropdown, a line
+    says which model is current (it follows the session: lazy loading,
+    fine-tuning, Load…).
     """
 
     def __init__(self, session, parent=None):
@@ -29,6 +31,7 @@ class ModelPicker(QWidget):
         self.combo.setToolTip("Model used by Run; fine-tuning starts from it too")
         self.description = QLabel()
         self.description.setWordWrap(True)
+        self.description.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.combo)
@@ -61,6 +64,7 @@ class ModelPicker(QWidget):
         self.combo.setCurrentIndex(selected)
         self.combo.blockSignals(False)
         self.description.setText(f"Current: {session.model_description()}")
+        self.description.setToolTip(self.description.text())
 
     def _on_activated(self, index: int) -> None:
         kind, value = self.combo.itemData(index)

@@ -9,7 +9,9 @@ viewer goes away, so does its session. A session holds
 * the last segmentation of each Image layer (:class:`SegmentationRecord`,
   with cached probabilities for re-running the watershed);
 * a :class:`~cellrefine._qt.corrections.CorrectionTracker` per result Labels
-  layer.
+  layer;
+* a :class:`~cellrefine._qt.classes_sync.ClassesFollower` that keeps each
+  ``classes`` layer in step with edits of its ``instances`` layer.
 
 Layers are referenced weakly throughout; the session never holds the viewer
 or a widget strongly.
@@ -25,6 +27,7 @@ from typing import TYPE_CHECKING
 
 from qtpy.QtCore import QObject, Signal
 
+from .classes_sync import ClassesFollower
 from .corrections import CorrectionTracker
 from .recent import add_recent_model
 
@@ -36,7 +39,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Session", "SegmentationRecord", "get_session", "unwrap_viewer"]
+__all__ = ["Session", "SegmentationRecord", "get_session", "unwrap_viewer", "layer_ref"]
 
 _SESSIONS: weakref.WeakKeyDictionary[napari.Viewer, Session] = weakref.WeakKeyDictionary()
 
@@ -60,7 +63,8 @@ def get_session(viewer: napari.Viewer) -> Session:
     return session
 
 
-def _ref(layer):
+def layer_ref(layer):
+    """A weak reference to ``layer`` (None stays None)."""
     return None if layer is None else weakref.ref(layer)
 
 
@@ -75,6 +79,8 @@ class SegmentationRecord:
     classes: weakref.ref | None = None
     instances: weakref.ref | None = None
     probabilities: weakref.ref | None = None
+    ranking: list | None = None  # cellrefine.uncertainty.ObjectUncertainty, most uncertain first
+    written: dict = dataclasses.field(default_factory=dict)  # kind -> how it was written ("new layer", "updated", ...)
 
     def layer(self, kind: str):
         ref = getattr(self, kind)
@@ -97,6 +103,7 @@ class Session(QObject):
         self._trackers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._last_image = None
         self._tracker_edit_time: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self.classes_follower = ClassesFollower(self)
 
     @property
     def viewer(self):
@@ -119,6 +126,7 @@ class Session(QObject):
             except FileNotFoundError as error:
                 raise FileNotFoundError(f"the bundled CellRefine model is not installed ({error}); load a saved model with 'Load…'.") from None
             self.model_source = ("bundled", None)
+            self.model_changed.emit()
         return self._model
 
     @property
@@ -173,6 +181,7 @@ class Session(QObject):
     def set_record(self, image_layer, record: SegmentationRecord) -> None:
         self._records[image_layer] = record
         self._last_image = weakref.ref(image_layer)
+        self.classes_follower.follow(image_layer, record)
         self.results_changed.emit()
 
     @property
@@ -193,7 +202,7 @@ class Session(QObject):
         else:
             tracker.reset(prediction)
             tracker.axes, tracker.kind = axes, kind
-        tracker.image = _ref(image_layer)
+        tracker.image = layer_ref(image_layer)
         return tracker
 
     def _on_paint(self, event) -> None:
@@ -201,10 +210,6 @@ class Session(QObject):
         if layer is not None:
             self._tracker_edit_time[layer] = time.monotonic()
         self.corrections_changed.emit()
-
-    def is_edited(self, labels_layer) -> bool:
-        tracker = self.tracker_for(labels_layer)
-        return tracker is not None and tracker.is_edited()
 
     def default_training_layers(self):
         """(image layer, labels layer) to fine-tune on by default.

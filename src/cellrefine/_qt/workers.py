@@ -1,7 +1,7 @@
 """Thread-worker helpers: start core generators in napari workers, report errors.
 
 Every long job (segmentation, fine-tuning, re-running the watershed) is a core
-generator run by :func:`start_job` in a napari ``GeneratorWorker``:
+generator run by :meth:`JobSet.start` in a napari ``GeneratorWorker``:
 
 * the worker is created on the GUI thread and started on the next event-loop
   turn, so callers (and tests) can connect to its signals before it runs;
@@ -10,22 +10,31 @@ generator run by :func:`start_job` in a napari ``GeneratorWorker``:
   the core (thread pools, torch thread limits) run there, not on the GUI;
 * errors reach the user: expected problems (``ValueError``, ``TypeError``,
   ``FileNotFoundError``, :class:`UserError`) as a plain message, anything else
-  as an error notification with its traceback.
+  as an error notification with its traceback;
+* a :class:`JobSet` holds the workers of one widget: :meth:`JobSet.close`
+  (called when the viewer or the dock closes) stops them all and disconnects
+  the widget's handlers, so no handler ever runs on a deleted Qt object.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import threading
 
 from napari.qt.threading import GeneratorWorker, create_worker
 from qtpy.QtCore import QTimer
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["UserError", "JobError", "start_job", "report_error", "format_seconds", "eta_text", "limit_torch_threads"]
+__all__ = [
+    "EXPECTED_ERRORS",
+    "UserError",
+    "JobError",
+    "JobSet",
+    "report_error",
+    "report_warning",
+    "format_seconds",
+]
 
 EXPECTED_ERRORS = (ValueError, TypeError, FileNotFoundError, PermissionError, IsADirectoryError)
 
@@ -55,6 +64,7 @@ def report_error(error: BaseException) -> None:
 
 
 def report_warning(message: str) -> None:
+    """Show ``message`` as a napari warning notification."""
     from napari.utils import notifications
 
     notifications.show_warning(message)
@@ -73,7 +83,7 @@ class JobWorker(GeneratorWorker):
             except Exception:
                 logger.exception("error while closing a CellRefine job")
 
-    # napari's mixin may relay errors/warnings itself; start_job connects them explicitly instead
+    # napari's mixin may relay errors/warnings itself; JobSet connects them explicitly instead
     def _relay_error(self, exc: Exception) -> None:
         pass
 
@@ -92,40 +102,91 @@ def _guarded(function, *args, **kwargs):
         generator.close()
 
 
-def start_job(function, *args, on_yielded=None, on_returned=None, on_aborted=None, on_finished=None, **kwargs) -> JobWorker:
-    """Run the generator ``function(*args, **kwargs)`` in a napari worker.
+class JobSet:
+    """The background jobs of one widget.
 
-    Handlers are connected before the worker starts (on the next event-loop
-    turn) and run on the GUI thread. Returns the worker.
+    A plain Python object (not a Qt object), so :meth:`close` can run from
+    the widget's ``destroyed`` signal, after its Qt side is gone.
     """
-    worker = create_worker(_guarded, function, *args, _worker_class=JobWorker, _ignore_errors=True, _start_thread=False, **kwargs)
-    for signal, handler in (
-        (worker.yielded, on_yielded),
-        (worker.returned, on_returned),
-        (worker.aborted, on_aborted),
-        (worker.finished, on_finished),
-    ):
-        if handler is not None:
-            signal.connect(_reporting(handler))
-    worker.errored.connect(report_error)
-    worker.warned.connect(lambda args: report_warning(str(args[0])))
-    QTimer.singleShot(0, worker.start)
-    return worker
 
+    def __init__(self):
+        self.closed = False
+        self._jobs: dict = {}  # worker -> (stop event or None, [(signal, slot)])
 
-def _reporting(handler):
-    """Wrap a GUI-thread handler so an exception in it becomes a notification."""
+    def __len__(self) -> int:
+        return len(self._jobs)
 
-    def wrapped(*args):
-        try:
-            handler(*args)
-        except Exception as error:
-            report_error(error)
+    def start(self, function, *args, stop_event=None, on_yielded=None, on_returned=None, on_finished=None, **kwargs) -> JobWorker:
+        """Run the generator ``function(*args, **kwargs)`` in a napari worker.
 
-    return wrapped
+        Handlers run on the GUI thread, are connected before the worker starts
+        (on the next event-loop turn) and are skipped once the set is closed;
+        an exception in a handler becomes a notification. ``stop_event`` (a
+        ``threading.Event`` the job watches) is set by :meth:`close`.
+
+        Raises
+        ------
+        UserError
+            The set is closed (its widget is gone).
+        """
+        if self.closed:
+            raise UserError("this CellRefine panel was closed; open it again from the Plugins menu.")
+        worker = create_worker(_guarded, function, *args, _worker_class=JobWorker, _ignore_errors=True, _start_thread=False, **kwargs)
+        self._jobs[worker] = (stop_event, [])
+        worker.finished.connect(lambda: self._jobs.pop(worker, None))
+        self.watch(worker, on_yielded=on_yielded, on_returned=on_returned, on_finished=on_finished)
+        self.watch(worker, on_errored=report_error, on_warned=lambda args: report_warning(str(args[0])))
+        QTimer.singleShot(0, worker.start)
+        return worker
+
+    def watch(self, worker, *, on_yielded=None, on_returned=None, on_finished=None, on_errored=None, on_warned=None) -> None:
+        """Connect more GUI-thread handlers to a worker of this set (same rules as in :meth:`start`)."""
+        if worker not in self._jobs:
+            raise ValueError("this worker was not started by this JobSet, or it has finished already.")
+        connections = self._jobs[worker][1]
+        for name, handler in (
+            ("yielded", on_yielded),
+            ("returned", on_returned),
+            ("finished", on_finished),
+            ("errored", on_errored),
+            ("warned", on_warned),
+        ):
+            if handler is not None:
+                signal = getattr(worker, name)
+                slot = self._reporting(handler)
+                signal.connect(slot)
+                connections.append((signal, slot))
+
+    def _reporting(self, handler):
+        """Wrap a GUI-thread handler: skipped after :meth:`close`; an exception becomes a notification."""
+
+        def wrapped(*args):
+            if self.closed:
+                return
+            try:
+                handler(*args)
+            except Exception as error:
+                report_error(error)
+
+        return wrapped
+
+    def close(self) -> None:
+        """Stop every job and disconnect the handlers (the widget is going away)."""
+        if self.closed:
+            return
+        self.closed = True
+        for worker, (stop_event, connections) in list(self._jobs.items()):
+            for signal, slot in connections:
+                with contextlib.suppress(TypeError, RuntimeError):
+                    signal.disconnect(slot)
+            if stop_event is not None:
+                stop_event.set()
+            with contextlib.suppress(RuntimeError):
+                worker.quit()
 
 
 def format_seconds(seconds: float) -> str:
+    """``"42 s"``, ``"3 min 05 s"`` or ``"1 h 02 min"``."""
     seconds = max(0, int(round(seconds)))
     if seconds < 60:
         return f"{seconds} s"
@@ -134,38 +195,3 @@ def format_seconds(seconds: float) -> str:
         return f"{minutes} min {seconds:02d} s"
     hours, minutes = divmod(minutes, 60)
     return f"{hours} h {minutes:02d} min"
-
-
-def eta_text(done: int, total: int, seconds: float) -> str:
-    """``"ETA 12 s"`` from progress so far (empty before the first unit is done)."""
-    if done <= 0 or total <= 0 or done >= total:
-        return ""
-    return f"ETA {format_seconds(seconds / done * (total - done))}"
-
-
-_threads_lock = threading.Lock()
-_threads_users = 0
-_threads_saved = None
-
-
-@contextlib.contextmanager
-def limit_torch_threads():
-    """Leave a core to the GUI: at most ``cpu_count - 1`` torch threads while
-    any job is inside this block; the previous value is restored when the last
-    one leaves."""
-    import torch
-
-    global _threads_users, _threads_saved
-    with _threads_lock:
-        if _threads_users == 0:
-            _threads_saved = torch.get_num_threads()
-            torch.set_num_threads(min(_threads_saved, max(1, (os.cpu_count() or 2) - 1)))
-        _threads_users += 1
-    try:
-        yield
-    finally:
-        with _threads_lock:
-            _threads_users -= 1
-            if _threads_users == 0 and _threads_saved is not None:
-                torch.set_num_threads(_threads_saved)
-                _threads_saved = None

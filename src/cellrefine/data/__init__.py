@@ -23,11 +23,11 @@ def load_sample_nuclei() -> np.ndarray:
 
 
 def sample_nuclei():
-    """napari sample-data contribution: the nuclei stack as an Image layer."""
+    """napari sample-data contribution: the nuclei stack as an Image layer (axes labelled T, Y, X)."""
     return [
         (
             load_sample_nuclei(),
-            {"name": "nuclei (BBBC039)", "colormap": "gray", "metadata": {"cellrefine_axes": "TYX"}},
+            {"name": "nuclei (BBBC039)", "colormap": "gray", "axis_labels": ("T", "Y", "X"), "metadata": {"cellrefine_axes": "TYX"}},
             "image",
         )
     ]

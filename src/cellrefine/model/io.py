@@ -4,6 +4,9 @@ A model is saved either as one ``.safetensors`` file whose metadata holds the
 JSON config, or as a folder with ``model.safetensors`` and a human-readable
 ``config.json``. Nothing is ever unpickled: a file that is not safetensors
 (for instance a ``torch.save`` pickle) is refused with :class:`ModelFileError`.
+The config is validated as a whole and the weights' shapes are compared with
+it before any network is built (:mod:`cellrefine.model.config`); weights
+holding NaN or Inf are neither saved nor loaded.
 """
 
 from __future__ import annotations
@@ -12,37 +15,50 @@ import copy
 import json
 import logging
 import os
-import tempfile
 from importlib import resources
 from pathlib import Path
 
+from .config import FORMAT, FORMAT_VERSION, ModelFileError, check_weights, validate_config
+
 logger = logging.getLogger(__name__)
 
-__all__ = ["Model", "ModelFileError", "load_model", "BUNDLED_MODEL", "FORMAT_VERSION"]
+__all__ = ["Model", "ModelFileError", "load_model", "bundled_model_path", "BUNDLED_MODEL", "FORMAT_VERSION"]
 
-FORMAT_VERSION = 1
 BUNDLED_MODEL = "nuclei_v1"
 _WEIGHTS_NAME = "model.safetensors"
 _CONFIG_NAME = "config.json"
-_CLASS_NAMES = ["background", "cell", "boundary"]
-
-
-class ModelFileError(ValueError):
-    """A model file is missing parts, corrupt, not safetensors, or does not match its config."""
+# Written by CellRefine 0.1 but never honoured (normalisation is always per stack and
+# multichannel input is always averaged for a one-channel model): dropped when a config is read.
+_UNUSED_KEYS = ("channels",)
+_UNUSED_NORMALIZATION_KEYS = ("scope",)
+# Suffixes of other model/weight formats: saving "model.pt" as a folder named "model.pt" is not what was meant.
+_OTHER_FORMAT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle", ".h5", ".hdf5", ".onnx", ".npz", ".json", ".zip", ".safetensor")
 
 
 def _default_config() -> dict:
+    from ..targets import CLASS_NAMES
+
     return {
-        "format": "cellrefine-model",
+        "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "name": "untrained",
         "architecture": {"in_channels": 1, "out_channels": 3, "depth": 3, "base_channels": 16, "norm": "batch"},
-        "class_names": list(_CLASS_NAMES),
-        "normalization": {"low_percentile": 1.0, "high_percentile": 99.8, "scope": "stack"},
-        "channels": "mean",
+        "class_names": list(CLASS_NAMES),
+        "normalization": {"low_percentile": 1.0, "high_percentile": 99.8},
         "postprocess": {},
         "provenance": [],
     }
+
+
+def _drop_unused_keys(config: dict) -> None:
+    for key in _UNUSED_KEYS:
+        if config.pop(key, None) is not None:
+            logger.debug("model config key %r is not used by CellRefine; dropped", key)
+    normalization = config.get("normalization")
+    if isinstance(normalization, dict):
+        for key in _UNUSED_NORMALIZATION_KEYS:
+            if normalization.pop(key, None) is not None:
+                logger.debug("model config key 'normalization.%s' is not used by CellRefine; dropped", key)
 
 
 class Model:
@@ -53,23 +69,35 @@ class Model:
     network : torch.nn.Module
         The :class:`~cellrefine.model.unet.UNet` (on the CPU unless moved).
     config : dict
-        Architecture, class names, normalisation, provenance (a list of
-        training records, oldest first), JSON-serialisable.
+        JSON-serialisable: ``format``/``format_version``, ``name``,
+        ``architecture`` (the :class:`~cellrefine.model.unet.UNet` arguments),
+        ``class_names``, ``normalization`` (``low_percentile`` and
+        ``high_percentile``, applied once per stack), ``postprocess`` (the
+        model's default :class:`~cellrefine.postprocess.PostprocessSettings`
+        values) and ``provenance`` (a list of training records, oldest first).
+        Keys written by earlier versions but never used (``channels``,
+        ``normalization.scope``) are dropped.
+    path : str
+        Only on models from :func:`load_model`: the path it was given, or
+        ``"bundled:nuclei_v1"`` for the bundled model.
     """
 
     def __init__(self, network=None, config: dict | None = None):
         from .unet import UNet
 
+        if config is not None and not isinstance(config, dict):
+            raise TypeError(f"config must be a dict (see Model.config), got {type(config).__name__}.")
+        if network is not None and not isinstance(network, UNet):
+            raise TypeError(f"network must be a cellrefine UNet, got {type(network).__name__}.")
         merged = _default_config()
         if config:
             merged.update(copy.deepcopy(config))
-        if network is None:
-            try:
-                network = UNet(**merged["architecture"])
-            except (TypeError, ValueError) as error:
-                raise ModelFileError(f"model config has an invalid architecture {merged['architecture']!r}: {error}") from None
-        else:
+        _drop_unused_keys(merged)
+        if network is not None:
             merged["architecture"] = network.config()
+        merged = validate_config(merged)
+        if network is None:
+            network = UNet(**merged["architecture"])
         self.network = network
         self.config = merged
         self.network.eval()
@@ -95,55 +123,101 @@ class Model:
     def save(self, path) -> Path:
         """Save atomically to ``path``.
 
-        ``path`` ending in ``.safetensors`` → one file (config in its
-        metadata); anything else → a folder holding ``model.safetensors`` and
-        ``config.json``. Existing files are replaced only once the new ones
-        are completely written.
+        ``path`` ending in ``.safetensors`` (any case) → one file (config in
+        its metadata); a name without such a suffix → a folder holding
+        ``model.safetensors`` and ``config.json``. Missing parent folders are
+        created. Files are written through :func:`cellrefine.files.atomic_write`:
+        an existing model is replaced only once the new one is completely
+        written, and a failed or interrupted save leaves it as it was.
 
         Returns
         -------
         pathlib.Path
             The file or folder written.
+
+        Raises
+        ------
+        ModelFileError
+            The config is invalid (see :func:`cellrefine.model.config.validate_config`),
+            does not describe the network, or the weights hold NaN/Inf.
+        ValueError
+            ``path`` is an existing folder but ends in ``.safetensors``, an
+            existing file where a folder is to go, or ends in another model
+            format's suffix (``.pt``, ``.pth``, ``.ckpt``, ...).
+        OSError
+            Writing failed (not writable, disk full, ...): one line naming the
+            path, the reason and what to do.
         """
         from safetensors.torch import save as save_bytes
 
-        path = Path(path)
+        from ..files import atomic_write, write_bytes
+
+        path = Path(path).expanduser()
+        suffix = path.suffix.lower()
+        single_file = suffix == ".safetensors"
+        if suffix in _OTHER_FORMAT_SUFFIXES:
+            raise ValueError(
+                f"cannot save a model as {path.name!r}: CellRefine saves models as .safetensors files (or as a folder, "
+                f"a name without a suffix); use {path.with_suffix('.safetensors').name!r}."
+            )
+        if single_file and path.is_dir():
+            raise ValueError(
+                f"cannot save the model to {path}: it is an existing folder, and a name ending in .safetensors is saved as one file; "
+                "choose another name, or remove the folder."
+            )
+        if not single_file and path.exists() and not path.is_dir():
+            raise ValueError(f"cannot save a model folder at {path}: a file with that name exists; pick another path or end it in .safetensors.")
+        config = self._checked_config()
         state = {k: v.detach().cpu().contiguous() for k, v in self.network.state_dict().items()}
-        config_json = json.dumps(self.config, indent=2, sort_keys=True)
+        try:
+            check_weights(state, config["architecture"])
+        except ModelFileError as error:
+            raise ModelFileError(f"model {self.name!r} was not saved: {error}") from None
+        config_json = json.dumps(config, indent=2, sort_keys=True)
         payload = save_bytes(state, metadata={"cellrefine_config": config_json})
-        if path.suffix == ".safetensors":
-            path.parent.mkdir(parents=True, exist_ok=True)
-            _atomic_write(path, payload)
+        if single_file:
+            write_bytes(path, payload, make_parents=True)
         else:
-            if path.exists() and not path.is_dir():
-                raise ValueError(f"cannot save a model folder at {path}: a file with that name exists; pick another path or end it in .safetensors.")
-            path.mkdir(parents=True, exist_ok=True)
-            _atomic_write(path / _WEIGHTS_NAME, payload)
-            _atomic_write(path / _CONFIG_NAME, (config_json + "\n").encode())
+            # both files are complete and on disk before either is renamed into place (weights first, then the small config)
+            with atomic_write(path / _CONFIG_NAME, make_parents=True) as config_file:
+                _write_synced(config_file, (config_json + "\n").encode())
+                with atomic_write(path / _WEIGHTS_NAME) as weights:
+                    _write_synced(weights, payload)
         logger.info("saved model %s to %s", self.name, path)
         return path
 
+    def _checked_config(self) -> dict:
+        """The config to write: validated, JSON-serialisable, describing this network."""
+        try:
+            config = validate_config(self.config)
+        except ModelFileError as error:
+            raise ModelFileError(f"model {self.name!r} was not saved: {error}") from None
+        if hasattr(self.network, "config") and config["architecture"] != self.network.config():
+            raise ModelFileError(
+                f"model {self.name!r} was not saved: config['architecture'] {config['architecture']} does not describe the network "
+                f"({self.network.config()}); the network is what is saved, so set model.config['architecture'] = model.network.config()."
+            )
+        try:
+            json.dumps(config, allow_nan=True)
+        except (TypeError, ValueError) as error:
+            raise ModelFileError(f"model {self.name!r} was not saved: its config cannot be written as JSON ({error}).") from None
+        return config
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+def _write_synced(path: Path, data: bytes) -> None:
+    with open(path, "wb") as stream:
+        stream.write(data)
+        stream.flush()
+        os.fsync(stream.fileno())
 
 
 def _read_safetensors(path: Path):
     from safetensors.torch import load as load_bytes
 
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise type(error)(f"could not read the model file {path}: {error.strerror or error}; check that it is readable.") from error
     if data[:2] in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05") or data[:2] == b"PK":
         raise ModelFileError(
             f"{path} is a pickle/zip file (e.g. torch.save output), which can execute code; CellRefine only loads "
@@ -174,7 +248,7 @@ def _resolve(path) -> tuple[Path, Path | None]:
 
 
 def bundled_model_path() -> Path:
-    """Path of the bundled weights file inside the installed package."""
+    """Path of the bundled weights file inside the installed package (it may be missing from a broken install)."""
     return Path(str(resources.files("cellrefine.model") / "weights" / f"{BUNDLED_MODEL}.safetensors"))
 
 
@@ -198,8 +272,13 @@ def load_model(path=None, device: str = "cpu") -> Model:
     FileNotFoundError
         The path (or the bundled weights) does not exist.
     ModelFileError
-        The file is not safetensors (e.g. a pickle), is corrupt, or its
-        weights do not match its config.
+        The file is not safetensors (e.g. a pickle), is corrupt, its config
+        is invalid (the message names the field, see
+        :func:`cellrefine.model.config.validate_config`), its weights' names
+        or shapes do not match the config (checked before any network is
+        built), or the weights hold NaN/Inf.
+    OSError
+        The file cannot be read (e.g. permissions).
     """
     from ..device import resolve_device
 
@@ -208,7 +287,7 @@ def load_model(path=None, device: str = "cpu") -> Model:
     if config_path is not None:
         try:
             config = json.loads(config_path.read_text())
-        except (OSError, json.JSONDecodeError) as error:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
             raise ModelFileError(f"{config_path} is not valid JSON ({error}).") from error
     elif "cellrefine_config" in metadata:
         try:
@@ -217,14 +296,20 @@ def load_model(path=None, device: str = "cpu") -> Model:
             raise ModelFileError(f"{weights_path} carries a corrupt config ({error}).") from error
     else:
         raise ModelFileError(f"{weights_path} has no CellRefine config (metadata 'cellrefine_config' or a config.json beside it).")
-    if not isinstance(config, dict) or config.get("format") != "cellrefine-model":
-        raise ModelFileError(f"{weights_path}: config is not a CellRefine model config (missing format='cellrefine-model').")
-    if int(config.get("format_version", 0)) > FORMAT_VERSION:
-        raise ModelFileError(f"{weights_path} was written by a newer CellRefine (format {config['format_version']}); upgrade napari-cellrefine.")
+    source = config_path or weights_path
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        raise ModelFileError(f"{source}: config is not a CellRefine model config (missing format='{FORMAT}').")
+    merged = _default_config() | config
+    _drop_unused_keys(merged)
+    try:
+        config = validate_config(merged)
+        check_weights(state, config["architecture"])
+    except ModelFileError as error:
+        raise ModelFileError(f"{source}: {error}") from None
     model = Model(config=config)
     try:
         model.network.load_state_dict(state, strict=True)
-    except RuntimeError as error:
+    except RuntimeError as error:  # check_weights compares names and shapes first; this is a safety net
         raise ModelFileError(
             f"{weights_path}: weights do not match the architecture in its config {config['architecture']}: {str(error)[:300]}"
         ) from None

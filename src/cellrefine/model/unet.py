@@ -8,6 +8,7 @@ has the input's size when the input is a multiple of ``2**depth``;
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -160,27 +161,20 @@ class UNet(nn.Module):
                 f"UNet was built for {self.in_channels} input channel(s), got {x.shape[1]} "
                 f"(input shape {tuple(x.shape)}); convert the image or use a matching model."
             )
-        height, width = x.shape[-2:]
-        x, pad_y, pad_x = _pad_to_grid(x, self.grid)
-        skips = []
-        for encoder in self.encoders:
-            x = encoder(x)
-            skips.append(x)
-            x = F.max_pool2d(x, 2)
-        x = self.bottleneck(x)
+        return _on_grid(self._forward_on_grid, x, self.grid)
+
+    def _forward_on_grid(self, x: torch.Tensor) -> torch.Tensor:
+        x, skips = _encode(self.encoders, self.bottleneck, x)
         for upsample, decoder, skip in zip(self.upsamplers, self.decoders, reversed(skips)):
             x = decoder(torch.cat([skip, upsample(x)], dim=1))
-        x = self.head(x)
-        if pad_y or pad_x:
-            x = x[..., :height, :width]
-        return x
+        return self.head(x)
 
-    def for_inference(self, device=None, dtype=None) -> InferenceUNet:
-        """A fast, inference-only copy of this network (see :class:`InferenceUNet`).
+    def for_inference(self, device=None, dtype=None, **options) -> InferenceUNet:
+        """A fast, inference-only copy of this network (see :class:`InferenceUNet`, which takes ``options``).
 
         The network itself is never modified.
         """
-        return InferenceUNet(self, device=device, dtype=dtype)
+        return InferenceUNet(self, device=device, dtype=dtype, **options)
 
 
 def _pad_to_grid(x: torch.Tensor, grid: int) -> tuple[torch.Tensor, int, int]:
@@ -192,6 +186,24 @@ def _pad_to_grid(x: torch.Tensor, grid: int) -> tuple[torch.Tensor, int, int]:
         mode = "reflect" if height > pad_y and width > pad_x else "replicate"
         x = F.pad(x, (0, pad_x, 0, pad_y), mode=mode)
     return x, pad_y, pad_x
+
+
+def _on_grid(forward, x: torch.Tensor, grid: int) -> torch.Tensor:
+    """``forward(x)`` on ``x`` padded to a multiple of ``grid`` (see :func:`_pad_to_grid`), cropped back to ``x``'s size."""
+    height, width = x.shape[-2:]
+    x, pad_y, pad_x = _pad_to_grid(x, grid)
+    x = forward(x)
+    return x[..., :height, :width] if pad_y or pad_x else x
+
+
+def _encode(encoders: nn.ModuleList, bottleneck: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list]:
+    """The contracting path: ``(bottleneck output, skip tensors from the finest level down)``."""
+    skips = []
+    for encoder in encoders:
+        x = encoder(x)
+        skips.append(x)
+        x = F.max_pool2d(x, 2)
+    return bottleneck(x), skips
 
 
 def _fold_batchnorm(conv: nn.Conv2d, norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
@@ -207,9 +219,11 @@ def _fold_batchnorm(conv: nn.Conv2d, norm: nn.Module) -> tuple[torch.Tensor, tor
     return weight.float(), bias.float()
 
 
+@functools.cache
 def _mkldnn_ops():
     """oneDNN's fused convolution ops, if this torch build has them and they give the plain
-    result; else None (the plain ``F.conv2d`` path is used):
+    result; else None (the plain ``F.conv2d`` path is used). Checked once, on first use
+    (not at import):
     ``torch.ops.mkldnn._convolution_pointwise`` (convolution + ReLU) and the in-place
     ``_convolution_pointwise_.binary`` (``other = relu(conv(x) + other)``)."""
     try:
@@ -232,32 +246,33 @@ def _mkldnn_ops():
     return (unary, binary_) if ok else None
 
 
-_MKLDNN = _mkldnn_ops()
-
-
-def _use_mkldnn(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    if _MKLDNN is None or x.device.type != "cpu" or x.dtype != weight.dtype:
-        return False
+def _fused_ops(x: torch.Tensor, weight: torch.Tensor):
+    """oneDNN's ``(convolution + ReLU, in-place convolution + add + ReLU)`` ops when they apply to ``x``/``weight``, else None."""
+    if x.device.type != "cpu" or x.dtype != weight.dtype or x.dtype not in (torch.float32, torch.bfloat16):
+        return None
     if x.dtype == torch.bfloat16:  # oneDNN's bf16 kernels need AVX512-BF16/AMX; elsewhere aten's own path
         from ..device import cpu_bf16_supported
 
-        return cpu_bf16_supported()
-    return x.dtype == torch.float32
+        if not cpu_bf16_supported():
+            return None
+    return _mkldnn_ops()
 
 
 class _ConvReLU(nn.Module):
     """3x3 convolution (+ folded BatchNorm) + ReLU; one fused oneDNN call on the CPU when available."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, relu: bool = True):
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, relu: bool = True, fused: bool = True):
         super().__init__()
         self.register_buffer("weight", weight)
         self.register_buffer("bias", bias)
         self.relu = relu
+        self.fused = fused
         self.padding = [weight.shape[-1] // 2] * 2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _use_mkldnn(x, self.weight):
-            return _MKLDNN[0](x, self.weight, self.bias, self.padding, [1, 1], [1, 1], 1, "relu" if self.relu else "none", [], "")
+        ops = _fused_ops(x, self.weight) if self.fused else None
+        if ops is not None:
+            return ops[0](x, self.weight, self.bias, self.padding, [1, 1], [1, 1], 1, "relu" if self.relu else "none", [], "")
         y = F.conv2d(x, self.weight, self.bias, padding=self.padding)
         return torch.relu_(y) if self.relu else y
 
@@ -275,17 +290,14 @@ class _SkipConvReLU(nn.Module):
         self.register_buffer("weight_up", conv.weight[:, skip_channels:].clone())
 
     def forward(self, skip: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
-        if SPLIT_SKIP_CONCAT and _use_mkldnn(up, self.weight_up):
-            unary, binary_ = _MKLDNN
+        ops = _fused_ops(up, self.weight_up) if self.conv.fused else None
+        if ops is not None:
+            unary, binary_ = ops
             pad = self.conv.padding
             partial = unary(up, self.weight_up, None, pad, [1, 1], [1, 1], 1, "none", [], "")
             # in place: partial = relu(conv(skip) + bias + partial); no new full-size buffer
             return binary_(partial, skip, self.weight_skip, self.conv.bias, pad, [1, 1], [1, 1], 1, "add", 1.0, "relu", [], "")
         return self.conv(torch.cat([skip, up], dim=1))
-
-
-#: Replace each decoder's concatenation by two convolutions summed in a fused call (CPU, oneDNN).
-SPLIT_SKIP_CONCAT = True
 
 
 class InferenceUNet(nn.Module):
@@ -296,7 +308,7 @@ class InferenceUNet(nn.Module):
       (a fused oneDNN primitive on the CPU);
     * on the CPU the decoders never build the skip/up-sampled concatenation:
       the first convolution runs on each half and the halves are summed
-      inside the second call (``SPLIT_SKIP_CONCAT``);
+      inside the second call (``split_skip_concat``);
     * weights are stored channels-last, optionally in ``dtype`` (bfloat16 on
       CPUs with native bf16 instructions); inputs are converted on entry and
       the logits come back in that dtype;
@@ -313,9 +325,15 @@ class InferenceUNet(nn.Module):
         Where the copy lives (default: where ``network`` is).
     dtype : torch.dtype, optional
         Weight/activation dtype (default float32).
+    fused : bool
+        Use oneDNN's fused convolution + ReLU calls on the CPU when this torch
+        build has them (default True; False: ``F.conv2d`` + ReLU, for ablations).
+    split_skip_concat : bool
+        Replace each decoder's concatenation by two convolutions summed in a
+        fused call (default True; needs ``fused``).
     """
 
-    def __init__(self, network: UNet, device=None, dtype=None):
+    def __init__(self, network: UNet, device=None, dtype=None, *, fused: bool = True, split_skip_concat: bool = True):
         super().__init__()
         if not isinstance(network, UNet):
             raise TypeError(f"InferenceUNet needs a UNet, got {type(network).__name__}.")
@@ -325,6 +343,7 @@ class InferenceUNet(nn.Module):
         for name in ("in_channels", "out_channels", "depth", "base_channels", "norm"):
             setattr(self, name, getattr(network, name))
         self.grid, self.halo, self.receptive_radius = network.grid, network.halo, network.receptive_radius
+        self.fused, self.split_skip_concat = bool(fused), bool(split_skip_concat)
         self.encoders = nn.ModuleList(self._double(block) for block in network.encoders)
         self.bottleneck = self._double(network.bottleneck)
         self.upsamplers = nn.ModuleList()
@@ -345,10 +364,10 @@ class InferenceUNet(nn.Module):
     def _double(self, block: nn.Sequential, skip_channels: int = 0) -> nn.Module:
         conv1, norm1, _, conv2, norm2, _ = block
         if all(isinstance(n, (nn.BatchNorm2d, nn.Identity)) for n in (norm1, norm2)):
-            first = _ConvReLU(*_fold_batchnorm(conv1, norm1))
-            if skip_channels:
+            first = _ConvReLU(*_fold_batchnorm(conv1, norm1), fused=self.fused)
+            if skip_channels and self.split_skip_concat:
                 first = _SkipConvReLU(first, skip_channels)
-            return nn.Sequential(first, _ConvReLU(*_fold_batchnorm(conv2, norm2)))
+            return nn.Sequential(first, _ConvReLU(*_fold_batchnorm(conv2, norm2), fused=self.fused))
         import copy
 
         return copy.deepcopy(block).requires_grad_(False).eval()
@@ -361,15 +380,10 @@ class InferenceUNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"InferenceUNet expects (N, {self.in_channels}, Y, X), got shape {tuple(x.shape)}.")
-        height, width = x.shape[-2:]
-        x, pad_y, pad_x = _pad_to_grid(x, self.grid)
-        x = x.to(self.dtype).contiguous(memory_format=self.memory_format)
-        skips = []
-        for encoder in self.encoders:
-            x = encoder(x)
-            skips.append(x)
-            x = F.max_pool2d(x, 2)
-        x = self.bottleneck(x)
+        return _on_grid(self._forward_on_grid, x, self.grid)
+
+    def _forward_on_grid(self, x: torch.Tensor) -> torch.Tensor:
+        x, skips = _encode(self.encoders, self.bottleneck, x.to(self.dtype).contiguous(memory_format=self.memory_format))
         for upsample, decoder in zip(self.upsamplers, self.decoders):
             skip = skips.pop()
             if isinstance(decoder[0], _SkipConvReLU):
@@ -380,7 +394,4 @@ class InferenceUNet(nn.Module):
                 x = torch.cat([skip, upsample(x)], dim=1)
                 del skip
                 x = decoder(x)
-        x = self.head(x)
-        if pad_y or pad_x:
-            x = x[..., :height, :width]
-        return x
+        return self.head(x)
