@@ -123,3 +123,10 @@ def make_pointwise_model():
 @pytest.fixture
 def pointwise_model():
     return make_pointwise_model()
+
+
+# Hypothesis: the same examples on every run (CI must not fail by chance), no per-example deadline (shared 2-core machines)
+from hypothesis import settings as _hypothesis_settings  # noqa: E402
+
+_hypothesis_settings.register_profile("cellrefine", derandomize=True, deadline=None, print_blob=True)
+_hypothesis_settings.load_profile("cellrefine")

@@ -279,3 +279,21 @@ def test_to_float32_in_place_on_the_float64_path():
 def test_percentile_range_rejects_non_numbers(low, high):
     with pytest.raises(TypeError, match="must be a number in"):
         percentile_range(np.arange(10), low, high)
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.int16, np.int32, np.int64])
+def test_full_range_signed_integers_do_not_overflow(dtype):
+    info = np.iinfo(dtype)
+    image = np.array([info.min, 0, info.max], dtype)  # max - min does not fit the dtype
+    lo, hi = percentile_range(image, 0, 100)
+    assert (lo, hi) == (float(info.min), float(info.max))
+    out = normalize(image, 0, 100)
+    np.testing.assert_allclose(out, [0, -float(info.min) / (float(info.max) - float(info.min)), 1], atol=1e-6)
+
+
+def test_subnormal_float64_range_gives_no_nan():
+    image = np.array([0.0, -2.225073858507203e-309, -2.225073858507203e-309])  # found by the property tests
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = normalize(image)
+    assert np.isfinite(out).all() and out[1] == out[2] < out[0]

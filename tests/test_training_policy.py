@@ -324,11 +324,18 @@ def test_precision_is_a_setting(make_model, blobs):
 
 def test_a_non_finite_loss_stops_with_a_clear_error(tiny_model, blobs):
     image, labels = blobs
+    # a learning rate that blows the weights up: the loss turns non-finite after the first update
+    with pytest.raises(FloatingPointError, match=r"loss became (nan|inf) at step [2-9]"):
+        finetune(tiny_model, [image], [labels], steps=6, precision="float32", changed_weight=1.0, distill=0.0, learning_rate=1e30, **FAST)
+
+
+def test_non_finite_starting_weights_are_refused(tiny_model, blobs):
+    image, labels = blobs
     broken = tiny_model.copy()
     with torch.no_grad():
         next(broken.network.parameters()).fill_(float("nan"))
-    with pytest.raises(FloatingPointError, match="loss became nan at step 1"):
-        finetune(broken, [image], [labels], steps=3, precision="float32", **FAST)
+    with pytest.raises((ValueError, FloatingPointError), match="not finite|loss became nan"):
+        finetune(broken, [image], [labels], steps=3, precision="float32", changed_weight=1.0, distill=0.0, **FAST)
 
 
 def test_train_from_scratch_uses_the_shared_settings(tmp_path, blobs):

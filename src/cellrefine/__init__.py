@@ -20,10 +20,15 @@ _EXPORTS = {
     "cellrefine.model.io": ("load_model", "Model", "ModelFileError"),
     "cellrefine.inference": ("segment", "iter_segment", "Segmentation", "SegmentProgress", "SegmentationCancelled"),
     "cellrefine.postprocess": ("PostprocessSettings",),
+    "cellrefine.normalize": ("BlankImageWarning",),
+    "cellrefine.uncertainty": ("rank_objects",),
     "cellrefine.training": ("finetune", "iter_finetune", "FinetuneUpdate", "TrainSettings", "FinetuneSettings", "finetune_summary"),
 }
 #: public name -> (module, attribute or None for the module itself), imported on first use
-_LAZY = {name: (module, name) for module, names in _EXPORTS.items() for name in names} | {"metrics": ("cellrefine.metrics", None)}
+_LAZY = {name: (module, name) for module, names in _EXPORTS.items() for name in names} | {
+    "metrics": ("cellrefine.metrics", None),
+    "uncertainty": ("cellrefine.uncertainty", None),
+}
 
 __all__ = ["__version__", *_LAZY]
 

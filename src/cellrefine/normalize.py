@@ -67,14 +67,12 @@ def _check_percentiles(low, high) -> tuple[float, float]:
 
 
 def _finite_values(array) -> np.ndarray:
-    """The finite values of ``array`` (numpy), floats as float64, bools as uint8."""
+    """The finite values of ``array`` as float64 (integers too: numpy interpolates percentiles in the input's dtype,
+    where ``max - min`` of a signed integer image can overflow)."""
     values = np.asarray(array).ravel()
-    if values.dtype.kind == "b":
-        return values.astype(np.uint8)
     if values.dtype.kind == "f":
         values = values[np.isfinite(values)]
-        return values.astype(np.float64, copy=False)
-    return values
+    return values.astype(np.float64, copy=False)
 
 
 def percentile_range(array, low: float = 1.0, high: float = 99.8) -> tuple[float, float]:
@@ -167,7 +165,7 @@ def to_float32(array, lo: float, hi: float, *, copy: bool = True) -> np.ndarray:
         out = values if in_place else np.zeros(values.shape, np.float32)
         out[...] = 0
         return out
-    scale = 1.0 / span
+    scale = 1.0 / span if span > 1e-300 else math.inf
     # float32 arithmetic is exact enough when the input is float32-exact and lo's float32 rounding is small against the span
     fast = _exact_in_float32(values.dtype) and math.isfinite(span) and scale <= 1e30 and abs(lo) <= min(1e30, 1e4 * span)
     if fast:
@@ -179,9 +177,9 @@ def to_float32(array, lo: float, hi: float, *, copy: bool = True) -> np.ndarray:
             np.clip(out, -_FLOAT32_MAX, _FLOAT32_MAX, out=out)
         return out
     with np.errstate(over="ignore", invalid="ignore"):
-        if math.isfinite(span):
+        if math.isfinite(span):  # divide: 1 / span overflows for a subnormal span, and 0 * inf would be NaN
             scaled = np.subtract(values, lo, dtype=np.float64)
-            scaled *= scale
+            scaled /= span
         else:  # halve everything so the span is finite
             scaled = np.multiply(values, 0.5, dtype=np.float64)
             scaled -= 0.5 * lo

@@ -49,6 +49,12 @@ class ModelFileError(ValueError):
     """A model file or model config is missing parts, corrupt, not safetensors, invalid, or does not match its weights."""
 
 
+def _quoted(key) -> str:
+    """A config key as it may appear in a one-line message: plain names as they are, anything else (newlines, odd types) by repr."""
+    text = str(key)
+    return text if text.isidentifier() else repr(key)
+
+
 def _is_int(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
@@ -86,7 +92,7 @@ def validate_architecture(architecture) -> dict:
 
     if not isinstance(architecture, dict):
         raise invalid(f"'architecture' must be a dict of UNet arguments, got {type(architecture).__name__}.")
-    unknown = sorted(map(str, set(architecture) - set(ARCHITECTURE_LIMITS) - {"norm"}))
+    unknown = sorted(map(_quoted, set(architecture) - set(ARCHITECTURE_LIMITS) - {"norm"}))
     if unknown:
         raise invalid(f"unknown field(s) {', '.join('architecture.' + k for k in unknown)}; known: {', '.join([*ARCHITECTURE_LIMITS, 'norm'])}.")
     checked = {"in_channels": 1, "out_channels": 3, "depth": 3, "base_channels": 16, "norm": "batch"} | architecture
@@ -200,7 +206,7 @@ def _validate_section(config: dict, section: str, known: tuple) -> dict:
     values = config.get(section, {})
     if not isinstance(values, dict):
         raise ModelFileError(f"model config: '{section}' must be a dict, got {type(values).__name__} {values!r}.")
-    unknown = sorted(map(str, set(values) - set(known)))
+    unknown = sorted(map(_quoted, set(values) - set(known)))
     if unknown:
         raise ModelFileError(f"model config: unknown setting(s) {', '.join(f'{section}.{k}' for k in unknown)}; known: {', '.join(known)}.")
     for key, value in values.items():
