@@ -69,28 +69,14 @@ def _check_count(name: str, value, largest: int, what: str):
 
 
 def check_tile_size(tile_size) -> int | None:
-    """Validate ``tile_size`` at the public boundary: None (the device default) or an integer in 1..:data:`MAX_TILE_SIZE`.
-
-    Raises
-    ------
-    TypeError
-        Not an integer (``True`` and ``64.0`` are refused).
-    ValueError
-        Zero, negative or larger than :data:`MAX_TILE_SIZE`.
-    """
+    """``tile_size`` checked at the public boundary: None (the device default) or an integer in 1..:data:`MAX_TILE_SIZE`;
+    a non-integer (``True``, ``64.0``) raises TypeError, zero/negative/too large raises ValueError."""
     return _check_count("tile_size", tile_size, MAX_TILE_SIZE, "pixels per side of a tile, e.g. 512; rounded up to the network's grid")
 
 
 def check_batch_size(batch_size) -> int | None:
-    """Validate ``batch_size`` at the public boundary: None (the device default) or an integer in 1..:data:`MAX_BATCH_SIZE`.
-
-    Raises
-    ------
-    TypeError
-        Not an integer (``True`` and ``4.0`` are refused).
-    ValueError
-        Zero, negative or larger than :data:`MAX_BATCH_SIZE`.
-    """
+    """``batch_size`` checked at the public boundary: None (the device default) or an integer in 1..:data:`MAX_BATCH_SIZE`;
+    a non-integer (``True``, ``4.0``) raises TypeError, zero/negative/too large raises ValueError."""
     return _check_count("batch_size", batch_size, MAX_BATCH_SIZE, "tiles per forward pass, e.g. 4")
 
 
