@@ -352,3 +352,34 @@ def test_train_from_scratch_uses_the_shared_settings(tmp_path, blobs):
     record = model.config["provenance"][0]
     assert record["steps"] == 2 and record["data"] == "data" and record["settings"]["steps"] == 2
     assert (tmp_path / "run" / "step_00001.safetensors").exists()
+
+
+def _squares(n_confident: int, faint: float = 0.75):
+    """Probabilities (3, Y, X) of ``n_confident`` squares at cell 0.95 plus one faint square, and the true instances."""
+    side, step = 6, 10
+    count = n_confident + 1
+    columns = 8
+    rows = -(-count // columns)
+    truth = np.zeros((rows * step + 4, columns * step + 4), np.int32)
+    cell = np.zeros(truth.shape, np.float32)
+    for k in range(count):
+        y, x = 2 + (k // columns) * step, 2 + (k % columns) * step
+        truth[y : y + side, x : x + side] = k + 1
+        cell[y : y + side, x : x + side] = 0.95 if k < n_confident else faint
+    probabilities = np.stack([1 - cell, cell, np.zeros_like(cell)])
+    return probabilities, truth
+
+
+def test_calibration_moves_only_for_a_clear_gain():
+    from cellrefine.training import calibrate_postprocess
+
+    current = {"foreground_threshold": 0.8, "seed_threshold": 0.7, "min_seed_size": 4, "min_size": 15, "stitch_threshold": 0.25}
+    # 1 of 2 objects is missed at foreground 0.8: recovering it is a large gain, the thresholds move
+    probabilities, truth = _squares(1)
+    chosen, _ = calibrate_postprocess([probabilities], [[("reviewed", truth, None)]], current)
+    assert chosen["foreground_threshold"] < 0.75
+    # 1 of 61 missed: the gain (mean F1 +0.008) is below the margin, the current thresholds stay
+    probabilities, truth = _squares(60)
+    chosen, table = calibrate_postprocess([probabilities], [[("reviewed", truth, None)]], current)
+    assert chosen["foreground_threshold"] == 0.8 and chosen["seed_threshold"] == 0.7
+    assert max(score for _, _, score in table) > table[0][2]  # a better pair existed, but not by enough

@@ -72,6 +72,7 @@ class SegmentWidget(Panel):
             ]
         )
         self.device, self.tile_size = self.model_form.device, self.model_form.tile_size
+        self.tile_size.native.setSpecialValueText("auto")  # 0 means the device's default tile size
         disable_unavailable_devices(self.device)
         self.device_used = QLabel("")
         defaults = PostprocessSettings()

@@ -9,10 +9,12 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CALIBRATION_GRID", "calibrate_postprocess", "calibration_references", "objects_mostly_inside", "POSTPROCESS_KEYS"]
+__all__ = ["CALIBRATION_GRID", "CALIBRATION_MARGIN", "calibrate_postprocess", "calibration_references", "objects_mostly_inside", "POSTPROCESS_KEYS"]
 
 CALIBRATION_GRID = {"foreground_threshold": (0.5, 0.6, 0.7, 0.8), "seed_threshold": (0.6, 0.7, 0.8)}
 POSTPROCESS_KEYS = ("foreground_threshold", "seed_threshold", "min_seed_size", "min_size", "stitch_threshold")
+#: A new threshold pair must beat the current one by this much mean F1: smaller gains are within the noise of a few corrected objects.
+CALIBRATION_MARGIN = 0.02
 
 
 def objects_mostly_inside(labels: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -57,7 +59,9 @@ def calibrate_postprocess(probabilities, references, current: dict) -> tuple[dic
     over IoU 0.5...0.9, summed over the planes of each group
     (:func:`cellrefine.metrics.aggregate`), then averaged over the groups, so
     the user's corrections ("reviewed") weigh as much as what was to be kept
-    ("kept") however many objects each holds. Ties keep the current setting.
+    ("kept") however many objects each holds. The current setting is kept
+    unless another beats it by :data:`CALIBRATION_MARGIN` (a gain from one or
+    two objects is noise, and thresholds that jump are hard to trust).
     Pure compute: the network is not run here.
 
     Parameters
@@ -81,7 +85,7 @@ def calibrate_postprocess(probabilities, references, current: dict) -> tuple[dic
 
     base = PostprocessSettings(**current)
     table = []
-    best, best_score = base, -1.0
+    best, best_score, current_score = base, -1.0, None
     candidates = [(base.foreground_threshold, base.seed_threshold)] + [
         (fg, seed) for fg in CALIBRATION_GRID["foreground_threshold"] for seed in CALIBRATION_GRID["seed_threshold"]
     ]
@@ -95,7 +99,9 @@ def calibrate_postprocess(probabilities, references, current: dict) -> tuple[dic
                 groups.setdefault(group, []).append(object_scores(truth, restricted))
         mean_f1 = float(np.mean([aggregate(scores)["mean_f1"] for scores in groups.values()]))
         table.append([fg, seed, round(mean_f1, 4)])
-        if mean_f1 > best_score + 1e-9:
+        if current_score is None:  # the first candidate is the current setting
+            current_score = mean_f1
+        if mean_f1 > best_score + 1e-9 and (settings == base or mean_f1 >= current_score + CALIBRATION_MARGIN):
             best, best_score = settings, mean_f1
     chosen = {k: getattr(best, k) for k in POSTPROCESS_KEYS}
     logger.info("post-processing calibrated on the reviewed pixels: %s (mean F1 %.3f)", chosen, best_score)
