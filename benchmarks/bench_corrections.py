@@ -215,6 +215,7 @@ def main(argv=None):
     )
     parser.add_argument("--full", action="store_true", help="also a random review order (--seeds) and a 200-object budget")
     parser.add_argument("--seeds", type=int, default=3, help="random orders with --full")
+    parser.add_argument("--orders", nargs="+", choices=["score", "random"], default=None, help="review orders (default: score; --full: score random)")
     parser.add_argument("--margin", type=int, default=4, help="reviewed margin around edited objects, pixels")
     parser.add_argument("--steps", type=int, default=None, help="fine-tuning steps (default: the library default)")
     parser.add_argument(
@@ -232,7 +233,7 @@ def main(argv=None):
         name, _, value = option.partition("=")
         options[name] = parse_value(value)
     budgets = args.budgets or ([10, 25, 50, 100, 200] if args.full else [10, 25, 50, 100])
-    orders = ["score", "random"] if args.full else ["score"]
+    orders = args.orders or (["score", "random"] if args.full else ["score"])
     command = "python benchmarks/bench_corrections.py " + " ".join(sys.argv[1:] if argv is None else argv)
     info = machine_info()
     started = time.perf_counter()

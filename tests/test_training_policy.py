@@ -260,6 +260,8 @@ def test_finetune_summary_in_words(tiny_model):
     ]
     model.config["provenance"][-1]["metrics_after"]["reviewed_accuracy"] = 0.5
     assert finetune_summary(model)[-1].startswith("warning: less accurate than before")
+    model.config["provenance"][-1]["thresholds_after"] = {"foreground_threshold": 0.8, "seed_threshold": 0.7}
+    assert "thresholds checked on your reviewed pixels and kept: foreground 0.80, seed 0.70" in finetune_summary(model)
 
 
 def test_reviewed_mask_from_labelled_planes():

@@ -267,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("-o", "--output", required=True, help="output model: a folder, or a file ending in .safetensors")
     _add_model_options(ft, "starting model (default: the bundled nuclei model)", "axes of the images (default: from the file, else inferred)")
     ft.add_argument("--kind", default="instances", choices=["instances", "semantic"], help="labels are instance ids (default) or classes 0/1/2")
-    ft.add_argument("--steps", type=_whole_number(1), default=None, help="optimisation steps (default 150 on CPU, 400 on GPU)")
+    ft.add_argument("--steps", type=_whole_number(1), default=None, help="optimisation steps (default 150 on every device; more on a GPU is cheap)")
     ft.add_argument("--seed", type=int, default=0)
     return parser
 

@@ -106,10 +106,14 @@ def finetune_summary(model) -> list[str]:
     lines.append(f"reviewed pixel accuracy {_number(accuracy_before)} → {_number(accuracy_after)}")
     if "postprocess_calibration" in record:
         old, new = record["thresholds_before"], record["thresholds_after"]
-        lines.append(
-            "thresholds re-picked on your reviewed pixels: "
-            f"foreground {old['foreground_threshold']:.2f} → {new['foreground_threshold']:.2f}, seed {old['seed_threshold']:.2f} → {new['seed_threshold']:.2f}"
-        )
+        keys = ("foreground_threshold", "seed_threshold")
+        if all(old[key] == new[key] for key in keys):
+            lines.append(f"thresholds checked on your reviewed pixels and kept: foreground {old[keys[0]]:.2f}, seed {old[keys[1]]:.2f}")
+        else:
+            lines.append(
+                "thresholds re-picked on your reviewed pixels: "
+                f"foreground {old[keys[0]]:.2f} → {new[keys[0]]:.2f}, seed {old[keys[1]]:.2f} → {new[keys[1]]:.2f}"
+            )
     steps, planned = record.get("steps"), record.get("planned_steps", record.get("steps"))
     checkpoint = record.get("checkpoint") or {}
     if record.get("stopped_early"):
