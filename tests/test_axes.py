@@ -1,11 +1,15 @@
 """Tests for cellrefine.axes: inference, validation and the (T, Z, C, Y, X) view."""
 
 import itertools
+import warnings
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from cellrefine.axes import check_axes, from_tzyx, infer_axes, spatial_shape, to_tzcyx
+import cellrefine
+from cellrefine.axes import AXES, AxesGuessWarning, axes_doubt, check_axes, from_tzyx, infer_axes, spatial_shape, to_tzcyx
 
 
 @pytest.mark.parametrize(
@@ -23,8 +27,10 @@ from cellrefine.axes import check_axes, from_tzyx, infer_axes, spatial_shape, to
     ],
 )
 def test_infer_axes_table(shape, expected):
-    assert infer_axes(shape) == expected
-    assert check_axes(shape, None) == expected
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", AxesGuessWarning)  # (32, 48, 5) and (2, 5, 32, 48) are doubtful guesses: see below
+        assert infer_axes(shape) == expected
+        assert check_axes(shape, None) == expected
 
 
 @pytest.mark.parametrize("shape", [(10,), (1, 2, 3, 4, 5, 6)])
@@ -130,3 +136,86 @@ def test_from_tzyx_keeps_leading_axes_first(axes):
 def test_from_tzyx_does_not_copy_when_the_order_is_kept():
     result = np.zeros((3, 1, 4, 5, 6))
     assert np.shares_memory(from_tzyx(result, "ZYX"), result)
+
+
+# ----------------------------------------------------------------------------- doubtful guesses warn
+
+
+@pytest.mark.parametrize(
+    ("shape", "match"),
+    [
+        ((2, 64, 64), r"shape \(2, 64, 64\) has no axes given: its first axis \(2 items\) was guessed as Z\. If it holds channels or time points, pass axes='CYX' or 'TYX'; pass axes='ZYX' to keep"),
+        ((3, 64, 64), r"first axis \(3 items\) was guessed as Z"),
+        ((64, 48, 2), r"guessed as ZYX, i\.e\. planes of 48 × 2 pixels .* If the last axis holds 2 channels, pass axes='YXC'"),
+        ((5, 64, 48, 2), r"If the last axis holds 2 channels, pass axes='ZYXC'"),
+        ((3, 5, 64, 64), r"first axis \(3 items\) was guessed as T\. If it holds channels, pass axes='CZYX'"),
+        ((2, 64, 64, 3), r"first axis \(2 items\) was guessed as Z\. If it holds time points, pass axes='TYXC'"),
+    ],
+)
+def test_doubtful_guess_warns(shape, match):
+    with pytest.warns(AxesGuessWarning, match=match) as record:
+        check_axes(shape, None)
+    assert len(record) == 1
+
+
+@pytest.mark.parametrize("shape", [(64, 64), (5, 64, 64), (64, 64, 3), (64, 64, 4), (4, 5, 64, 64), (2, 5, 2, 64, 64), (7, 5, 3, 64, 64)])
+def test_safe_guess_does_not_warn(shape):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", AxesGuessWarning)
+        check_axes(shape, None)
+
+
+def test_given_axes_never_warn_and_the_warning_can_be_turned_off():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", AxesGuessWarning)
+        assert check_axes((2, 64, 64), "ZYX") == "ZYX"  # the guessed reading, said explicitly
+        assert check_axes((2, 64, 64), "CYX") == "CYX"
+        assert infer_axes((2, 64, 64), warn=False) == "ZYX"
+
+
+def test_warning_is_public_and_a_user_warning():
+    import cellrefine.axes
+
+    assert issubclass(AxesGuessWarning, UserWarning) and "AxesGuessWarning" in cellrefine.axes.__all__
+
+
+def test_segment_warns_once_for_a_two_plane_guess(tiny_model):
+    with pytest.warns(AxesGuessWarning, match="first axis") as record:
+        cellrefine.segment(np.random.default_rng(0).random((2, 32, 32), np.float32), model=tiny_model)
+    assert len([w for w in record if issubclass(w.category, AxesGuessWarning)]) == 1
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.integers(1, 6), min_size=2, max_size=5))
+def test_guess_warns_exactly_when_doubtful_and_suggests_valid_axes(shape):
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        axes = infer_axes(shape)
+    doubt = axes_doubt(shape, axes)
+    assert [w.category for w in record] == ([AxesGuessWarning] if doubt else [])
+    if doubt:
+        assert doubt.alternatives and axes not in doubt.alternatives
+        for alternative in doubt.alternatives:  # every suggestion fits the shape and does not warn itself
+            assert check_axes(shape, alternative) == alternative
+        first_doubtful = len(shape) >= 3 and axes[0] in "ZT" and shape[0] in (2, 3)
+        last_doubtful = len(shape) >= 3 and axes[-1] == "X" and shape[-1] <= 4
+        assert first_doubtful or last_doubtful
+    else:
+        assert len(shape) < 3 or shape[-1] > 4 or axes[-1] == "C"
+
+
+@st.composite
+def explicit_axes(draw):
+    """Valid axes (Y, X and some of T, Z, C in any order) and a shape for them."""
+    extra = draw(st.lists(st.sampled_from("TZC"), unique=True, max_size=3))
+    axes = "".join(draw(st.permutations(["Y", "X", *extra])))
+    return tuple(draw(st.integers(1, 5)) for _ in axes), axes
+
+
+@settings(max_examples=40, deadline=None)
+@given(explicit_axes())
+def test_explicit_axes_never_warn(shape_axes):
+    shape, axes = shape_axes
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", AxesGuessWarning)
+        assert check_axes(shape, axes.lower()) == axes

@@ -2,6 +2,9 @@
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 from cellrefine.postprocess import PostprocessSettings, probabilities_to_instances, relabel_sequential, stitch_planes
 
@@ -236,3 +239,58 @@ def test_relabel_sequential_empty():
 def test_settings_reject_what_stitch_planes_rejects():
     with pytest.raises(ValueError, match="stitch_threshold"):
         PostprocessSettings(stitch_threshold=0).validate()
+
+
+def test_relabel_sequential_huge_ids_need_no_table_over_the_id_range():
+    labels = np.array([[0, 2**31 - 1, 5], [2**62, 0, 5]], np.int64)
+    out, n = relabel_sequential(labels)
+    np.testing.assert_array_equal(out, [[0, 2, 1], [3, 0, 1]])
+    assert n == 3 and out.dtype == np.uint32
+    no_background, n = relabel_sequential(np.array([[7, 2**40], [7, 7]], np.uint64), offset=4)
+    np.testing.assert_array_equal(no_background, [[4, 5], [4, 4]])
+    assert n == 2
+
+
+def test_relabel_sequential_bool_and_errors():
+    out, n = relabel_sequential(np.array([[True, False], [True, True]]))
+    np.testing.assert_array_equal(out, [[1, 0], [1, 1]])
+    assert n == 1
+    with pytest.raises(TypeError, match="integer label image, got dtype float64"):
+        relabel_sequential(np.ones((2, 2)))
+    with pytest.raises(ValueError, match="non-negative .* got minimum -3"):
+        relabel_sequential(np.array([[0, -3]]))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    hnp.arrays(
+        st.sampled_from([np.uint8, np.int32, np.uint32, np.int64, np.uint64]),
+        st.tuples(st.integers(0, 6), st.integers(1, 6)),
+        elements=st.integers(0, 200),
+    ),
+    st.sampled_from([0, 10**6, 2**31 - 200]),
+    st.integers(1, 5),
+)
+def test_relabel_sequential_keeps_the_order_of_any_ids(labels, shift, offset):
+    labels = np.where(labels > 0, labels.astype(np.uint64) + shift, 0).astype(np.uint64 if shift else labels.dtype)
+    out, n = relabel_sequential(labels, offset=offset)
+    ids = np.unique(labels[labels > 0])
+    assert n == len(ids) and out.dtype == np.uint32 and out.shape == labels.shape
+    expected = np.where(labels > 0, np.searchsorted(ids, labels) + offset, 0)
+    np.testing.assert_array_equal(out, expected)
+
+
+@pytest.mark.parametrize(
+    ("values", "error", "match"),
+    [
+        ({"foreground": 0.5}, TypeError, r"unknown post-processing setting 'foreground' \(did you mean 'foreground_threshold'\?\)"),
+        ({"seed_threshold": "high"}, TypeError, "seed_threshold must be a number, got 'high' of type str"),
+        ({"min_seed_size": None}, TypeError, "min_seed_size must be a number, got None"),
+        ({"min_size": float("nan")}, ValueError, "min_size must be a non-negative integer, got nan"),
+    ],
+)
+def test_settings_from_a_dict_name_the_bad_key(values, error, match):
+    with pytest.raises(error, match=match):
+        probabilities_to_instances(probability_map((5, 5)), **values)
+    with pytest.raises(error, match=match):
+        PostprocessSettings(**values).validate()

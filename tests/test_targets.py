@@ -2,6 +2,9 @@
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 from cellrefine.targets import BACKGROUND, BOUNDARY, CELL, border_weight_map, class_weight_map, instances_to_semantic
 
@@ -100,6 +103,7 @@ def test_empty_image():
         (-np.ones((4, 5), int), 1, ValueError, "non-negative"),
         (np.zeros((4, 5), int), 0, ValueError, "positive integer"),
         (np.zeros((4, 5), int), 1.5, ValueError, "positive integer"),
+        (np.zeros((4, 5), int), True, ValueError, "positive integer, got True"),
     ],
 )
 def test_instances_to_semantic_errors(labels, width, error, match):
@@ -222,3 +226,33 @@ def test_border_weight_mask_equals_unmasked_map_on_mask_and_zero_elsewhere():
     assert masked[15, 16] > 5  # the gap keeps its weight
     with pytest.raises(ValueError, match="mask must have the shape"):
         border_weight_map(labels, mask=mask[:, :10])
+
+
+# ----------------------------------------------------------------------------- any id values
+
+
+def test_border_weight_with_an_id_of_two_to_the_31():
+    # find_objects runs over relabelled ids 1..n: an id of 2**31 - 1 costs what 2 does (no 2**31-entry list)
+    labels = two_bars_with_gap().astype(np.int64)
+    huge = np.where(labels == 2, 2**31 - 1, labels)
+    np.testing.assert_array_equal(border_weight_map(huge), border_weight_map(labels))
+    np.testing.assert_array_equal(instances_to_semantic(huge), instances_to_semantic(labels))
+
+
+def test_border_weight_of_a_bool_mask_is_that_of_one_object():
+    labels = two_bars_with_gap()
+    np.testing.assert_array_equal(border_weight_map(labels > 0), border_weight_map((labels > 0).astype(np.uint8)))
+    assert not border_weight_map(labels > 0).any()  # one object: no second nearest object anywhere
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    hnp.arrays(np.int64, st.tuples(st.integers(3, 10), st.integers(3, 10)), elements=st.integers(0, 4)),
+    st.lists(st.integers(1, 2**40), min_size=4, max_size=4, unique=True),
+)
+def test_targets_depend_only_on_which_pixels_share_an_id(labels, new_ids):
+    # any injective map of the ids (large, unordered) gives the same targets and weights
+    mapping = np.array([0, *new_ids], np.int64)
+    renamed = mapping[labels]
+    np.testing.assert_array_equal(instances_to_semantic(renamed, 1), instances_to_semantic(labels, 1))
+    np.testing.assert_allclose(border_weight_map(renamed, sigma=2.0), border_weight_map(labels, sigma=2.0), rtol=1e-6)

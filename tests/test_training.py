@@ -458,5 +458,5 @@ def test_teacher_kept_only_for_partly_reviewed_planes(tiny_model, blobs):
         samples = SampleSet(planes, "instances", settings, parent=tiny_model, device=torch.device("cpu"))
         return [samples[i].teacher is not None for i in range(len(samples))]
 
-    assert teachers([partial, np.ones(labels.shape, bool)]) == [True, False]
+    assert teachers([partial, np.ones(labels.shape, bool)], distill_confidence=0.0) == [True, False]
     assert teachers([partial], distill=0.0) == [False]

@@ -227,7 +227,7 @@ def test_provenance_has_versions_and_a_data_hash_and_no_global_rng_use(tiny_mode
     record = tuned.config["provenance"][-1]
     assert record["versions"] == {"cellrefine": cellrefine.__version__, "torch": torch.__version__, "numpy": np.__version__}
     assert len(record["data_sha256"]) == 64 and record["parent_file"] is None
-    other = finetune(tiny_model, [image], [labels + (labels > 0)], steps=1, **FAST)
+    other = finetune(tiny_model, [image], [np.where(labels == labels.max(), 0, labels)], steps=1, **FAST)  # one object fewer
     assert other.config["provenance"][-1]["data_sha256"] != record["data_sha256"]
 
 
@@ -385,3 +385,20 @@ def test_calibration_moves_only_for_a_clear_gain():
     chosen, table = calibrate_postprocess([probabilities], [[("reviewed", truth, None)]], current)
     assert chosen["foreground_threshold"] == 0.8 and chosen["seed_threshold"] == 0.7
     assert max(score for _, _, score in table) > table[0][2]  # a better pair existed, but not by enough
+
+
+def test_distillation_is_dropped_where_the_parent_is_out_of_its_domain(tiny_model, blobs):
+    from cellrefine.training import SampleSet, TrainSettings, collect_planes
+
+    image, labels = blobs
+    mask = np.zeros(labels.shape, bool)
+    mask[: labels.shape[0] // 2] = True
+    planes = collect_planes([image], [labels], [mask], None, "instances", tiny_model)
+    confident = SampleSet(planes, settings=TrainSettings(distill_confidence=0.0), parent=tiny_model)
+    assert confident[0].teacher is not None
+    confidence = confident.teacher_confidence[0]
+    assert 0 < confidence <= 1
+    strict = SampleSet(planes, settings=TrainSettings(distill_confidence=min(1.0, confidence + 1e-3)), parent=tiny_model)
+    assert strict[0].teacher is None and strict.teacher_confidence[0] == confidence
+    tuned = finetune(tiny_model, [image], [labels], masks=[mask], steps=2, **{**FAST, "distill_confidence": 0.0})
+    assert tuned.config["provenance"][-1]["teacher_confidence"] == [confidence]

@@ -16,19 +16,118 @@ ndim          last axis has 3 or 4 items  otherwise
 So the last two non-channel axes are always YX, a trailing axis of size 3 or
 4 is colour, and a leading third axis is Z. Pass ``axes="TYX"`` for a time
 series, ``axes="CYX"`` for channel-first images.
+
+A guess that may well be wrong warns with :class:`AxesGuessWarning` (see
+:func:`axes_doubt`): a first axis of 2 or 3 items taken as Z or T (a
+(2, Y, X) image is as likely two channels as two planes), or a last axis of
+at most 4 items taken as X (a (Y, X, 2) image is almost surely two channels,
+not planes 2 pixels wide). Passing ``axes`` (even the guessed one) never warns.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import sys
+import warnings
+
 import numpy as np
 
-__all__ = ["AXES", "infer_axes", "check_axes", "to_tzcyx", "from_tzyx", "spatial_shape"]
+__all__ = ["AXES", "AxesGuessWarning", "AxesDoubt", "axes_doubt", "infer_axes", "check_axes", "to_tzcyx", "from_tzyx", "spatial_shape"]
 
 AXES = "TZCYX"
 
 
-def infer_axes(shape) -> str:
-    """Guess the axes of an array of ``shape`` (see the module docstring)."""
+class AxesGuessWarning(UserWarning):
+    """The axes of an image were guessed from its shape and the guess is doubtful; pass ``axes=`` to say what they are."""
+
+
+@dataclasses.dataclass(frozen=True)
+class AxesDoubt:
+    """Why guessed axes may be wrong, for a warning in the words of its caller.
+
+    Attributes
+    ----------
+    reason : str
+        What was guessed, e.g. ``"its first axis (2 items) was guessed as Z"``.
+    hint : str
+        The likelier reading, as the start of a sentence, e.g.
+        ``"If it holds channels or time points"``.
+    alternatives : tuple of str
+        Valid axes for that reading (e.g. ``("CYX", "TYX")``).
+    """
+
+    reason: str
+    hint: str
+    alternatives: tuple
+
+
+def axes_doubt(shape, axes: str) -> AxesDoubt | None:
+    """Whether axes guessed for ``shape`` look doubtful (the rule behind :class:`AxesGuessWarning`).
+
+    Doubtful: a last axis of at most 4 items read as X, or a first axis of 2
+    or 3 items read as Z or T (when another letter fits there), in an array
+    of 3 or more dimensions.
+
+    Parameters
+    ----------
+    shape : tuple of int
+    axes : str
+        Valid axes for ``shape`` (e.g. from :func:`infer_axes`).
+
+    Returns
+    -------
+    AxesDoubt or None
+        None when the guess looks safe.
+
+    Examples
+    --------
+    >>> axes_doubt((2, 64, 64), "ZYX").alternatives
+    ('CYX', 'TYX')
+    >>> axes_doubt((64, 48, 2), "ZYX").alternatives
+    ('YXC',)
+    >>> axes_doubt((5, 64, 64), "ZYX") is None
+    True
+    """
+    shape = tuple(int(n) for n in shape)
+    if len(shape) < 3:
+        return None
+    if axes[-1] == "X" and shape[-1] <= 4:
+        colour = axes.replace("C", "") + "C" if "C" in axes else axes[1:] + "C"
+        return AxesDoubt(
+            f"its axes were guessed as {axes}, i.e. planes of {shape[-2]} × {shape[-1]} pixels (the last axis, {shape[-1]} items, taken as X)",
+            f"If the last axis holds {shape[-1]} channels",
+            (colour,),
+        )
+    lead = axes[0]
+    if lead in "ZT" and shape[0] in (2, 3):
+        others = [letter + axes[1:] for letter in "CTZ" if letter != lead]
+        alternatives = tuple(candidate for candidate in others if len(set(candidate)) == len(candidate))
+        if alternatives:  # (T, Z, C, Y, X) has no other letter left for its first axis
+            readings = " or ".join(_READINGS[candidate[0]] for candidate in alternatives)
+            return AxesDoubt(f"its first axis ({shape[0]} items) was guessed as {lead}", f"If it holds {readings}", alternatives)
+    return None
+
+
+_READINGS = {"C": "channels", "T": "time points", "Z": "Z planes"}
+
+
+def infer_axes(shape, *, warn: bool = True) -> str:
+    """Guess the axes of an array of ``shape`` (see the module docstring).
+
+    Parameters
+    ----------
+    shape : tuple of int
+    warn : bool, optional
+        Warn with :class:`AxesGuessWarning` when the guess is doubtful
+        (:func:`axes_doubt`); False only returns the guess.
+
+    Warns
+    -----
+    AxesGuessWarning
+        E.g. for (2, Y, X) (guessed ZYX: two planes, or two channels?) and
+        (Y, X, 2) (guessed ZYX: planes 2 pixels wide, or two channels?).
+    """
     shape = tuple(shape)
     ndim = len(shape)
     colour = ndim >= 3 and shape[-1] in (3, 4)
@@ -38,11 +137,37 @@ def infer_axes(shape) -> str:
             f"cannot segment an array with {ndim} dimensions (shape {shape}); CellRefine takes 2 to 5 axes out of "
             f"'{AXES}'. Squeeze or split the array first."
         )
-    return table[ndim][0 if colour else 1]
+    axes = table[ndim][0 if colour else 1]
+    doubt = axes_doubt(shape, axes) if warn else None
+    if doubt is not None:
+        choices = " or ".join(repr(a) for a in doubt.alternatives)
+        warnings.warn(
+            f"an image of shape {shape} has no axes given: {doubt.reason}. {doubt.hint}, pass axes={choices}; "
+            f"pass axes={axes!r} to keep this reading without a warning.",
+            AxesGuessWarning,
+            stacklevel=_first_frame_outside_the_package(),
+        )
+    return axes
+
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _first_frame_outside_the_package() -> int:
+    """The ``stacklevel`` (for a warning raised by our caller) of the first frame outside cellrefine: the user's line."""
+    frame, level = sys._getframe(1), 1
+    while frame.f_back is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def check_axes(shape, axes: str | None) -> str:
     """Validate ``axes`` against ``shape`` (inferring it when None); return it upper-cased.
+
+    Warns
+    -----
+    AxesGuessWarning
+        ``axes`` is None and the guess is doubtful (see :func:`infer_axes`).
 
     Raises
     ------

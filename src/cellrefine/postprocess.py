@@ -23,16 +23,27 @@ as in Cellpose) and that object is not already taken by a better match.
 from __future__ import annotations
 
 import dataclasses
+import math
+from numbers import Real
 
 import numpy as np
 from scipy import ndimage as ndi
 
+from .settings_fields import reject_unknown_fields
+
 __all__ = ["PostprocessSettings", "probabilities_to_instances", "seeded_watershed", "stitch_planes", "relabel_sequential"]
 
 
+@reject_unknown_fields("post-processing")
 @dataclasses.dataclass
 class PostprocessSettings:
-    """Parameters of the watershed (see the module docstring)."""
+    """Parameters of the watershed (see the module docstring).
+
+    An unknown field name (``PostprocessSettings(foreground=0.5)``, or the
+    same key in a dict passed as ``segment(..., postprocess={...})``) raises a
+    TypeError that names it and suggests the closest field; :meth:`validate`
+    checks the values.
+    """
 
     foreground_threshold: float = 0.5
     seed_threshold: float = 0.6
@@ -41,6 +52,20 @@ class PostprocessSettings:
     stitch_threshold: float = 0.25
 
     def validate(self) -> PostprocessSettings:
+        """Check every field; return self.
+
+        Raises
+        ------
+        TypeError
+            A field is not a number (a string, None, a bool...).
+        ValueError
+            A value is out of range, not finite, or not whole where a pixel
+            count is expected; the message starts with the field's name.
+        """
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, Real):
+                raise TypeError(f"{field.name} must be a number, got {value!r} of type {type(value).__name__}.")
         for name in ("foreground_threshold", "seed_threshold"):
             value = getattr(self, name)
             if not 0 <= value <= 1:
@@ -49,7 +74,7 @@ class PostprocessSettings:
             raise ValueError(f"stitch_threshold must be in (0, 1], got {self.stitch_threshold}.")
         for name in ("min_seed_size", "min_size"):
             value = getattr(self, name)
-            if int(value) != value or value < 0:
+            if not math.isfinite(value) or int(value) != value or value < 0:
                 raise ValueError(f"{name} must be a non-negative integer, got {value}.")
         return self
 
@@ -57,28 +82,47 @@ class PostprocessSettings:
 def relabel_sequential(instances: np.ndarray, offset: int = 1) -> tuple[np.ndarray, int]:
     """Relabel non-zero ids to ``offset, offset+1, ...`` in increasing order of the old ids.
 
-    Returns a new uint32 image (the input is never modified) and the number of objects.
+    Memory and time depend on the number of pixels, not on the ids: a label
+    image holding the id 2**31 - 1 (hashed ids from other tools) costs what
+    one holding small ids does. A bool image is one object (its True pixels).
+
+    Returns
+    -------
+    relabelled : uint32 array of ``instances.shape``
+        A new array; the input is never modified.
+    n : int
+        The number of objects.
+
+    Raises
+    ------
+    TypeError
+        ``instances`` is not an integer or bool array.
+    ValueError
+        ``instances`` holds negative ids.
     """
     instances = np.asarray(instances)
-    ids = _present_ids(instances)
-    lookup = np.zeros(int(ids[-1]) + 1 if len(ids) else 1, np.uint32)
-    lookup[ids] = np.arange(offset, offset + len(ids), dtype=np.uint32)
-    return lookup[instances], len(ids)
-
-
-def _present_ids(instances: np.ndarray) -> np.ndarray:
-    """Sorted non-zero ids of a label image (a bincount when the ids are small, else np.unique)."""
-    if instances.size == 0:
-        return np.zeros(0, np.int64)
     if instances.dtype.kind == "b":
         instances = instances.view(np.uint8)
-    if instances.dtype.kind in "iu" and (instances.dtype.kind == "u" or instances.min() >= 0):
-        top = int(instances.max())
-        if top <= 4 * instances.size + 1024:
-            ids = np.flatnonzero(np.bincount(instances.ravel(), minlength=top + 1))
-            return ids[ids != 0]
-    ids = np.unique(instances)
-    return ids[ids != 0]
+    if instances.dtype.kind not in "iu":
+        raise TypeError(f"instances must be an integer label image, got dtype {instances.dtype}; use labels.astype(np.uint32).")
+    if instances.size == 0:
+        return np.zeros(instances.shape, np.uint32), 0
+    if instances.dtype.kind == "i" and instances.min() < 0:
+        raise ValueError(f"instances must be non-negative (0 = background, 1.. = objects), got minimum {instances.min()}.")
+    top = int(instances.max())
+    if top <= 4 * instances.size + 1024:  # small ids: a lookup table, linear time
+        ids = np.flatnonzero(np.bincount(instances.ravel().astype(np.intp, copy=False), minlength=top + 1))
+        ids = ids[ids != 0]
+        lookup = np.zeros(top + 1, np.uint32)
+        lookup[ids] = np.arange(offset, offset + len(ids), dtype=np.uint32)
+        return lookup[instances], len(ids)
+    ids, inverse = np.unique(instances, return_inverse=True)  # large ids: a sort, no table over the id range
+    inverse = inverse.reshape(instances.shape)
+    start = offset - 1 if ids[0] == 0 else offset  # ids[0] is 0 when there is background
+    relabelled = (inverse + start).astype(np.uint32)
+    if ids[0] == 0:
+        relabelled[inverse == 0] = 0
+    return relabelled, int(len(ids) - (ids[0] == 0))
 
 
 def probabilities_to_instances(probabilities: np.ndarray, settings: PostprocessSettings | None = None, **overrides) -> np.ndarray:

@@ -35,7 +35,9 @@ def instances_to_semantic(instances, boundary_width: int = 2) -> np.ndarray:
     Parameters
     ----------
     instances : (Y, X) integer array
-        0 = background, each object its own positive id.
+        0 = background, each object its own positive id (any size of id).
+        A bool image is read as one object (its True pixels); to split a
+        foreground mask into objects, label it first (``scipy.ndimage.label``).
     boundary_width : int, optional
         Width in pixels of the boundary band inside each object.
 
@@ -51,7 +53,7 @@ def instances_to_semantic(instances, boundary_width: int = 2) -> np.ndarray:
     array([0, 2, 1, 2, 2, 1, 2, 0], dtype=uint8)
     """
     instances = _check_instances(instances)
-    if not isinstance(boundary_width, (int, np.integer)) or boundary_width < 1:
+    if isinstance(boundary_width, (bool, np.bool_)) or not isinstance(boundary_width, (int, np.integer)) or boundary_width < 1:
         raise ValueError(f"boundary_width must be a positive integer, got {boundary_width!r}.")
     semantic = np.zeros(instances.shape, np.uint8)
     foreground = instances > 0
@@ -79,6 +81,9 @@ def border_weight_map(instances, w0: float = 10.0, sigma: float = 5.0, mask=None
     where ``d1``/``d2`` are the distances to the nearest and second nearest
     object; 0 elsewhere (add class weights on top). Distances are computed in a
     window of ``3 sigma`` around each object, beyond which the term is < 1e-3 w0.
+    The ids are relabelled 1..n first, so time and memory depend on the
+    objects, not on the id values (2**31 - 1 costs what 3 does); a bool
+    image is one object, as in :func:`instances_to_semantic`.
 
     Parameters
     ----------
@@ -94,7 +99,9 @@ def border_weight_map(instances, w0: float = 10.0, sigma: float = 5.0, mask=None
     -------
     weights : (Y, X) float32 array
     """
-    instances = _check_instances(instances)
+    from .postprocess import relabel_sequential
+
+    instances, _ = relabel_sequential(_check_instances(instances))
     shape = instances.shape
     if mask is not None:
         mask = np.asarray(mask, bool)

@@ -43,7 +43,7 @@ score is ``(mean(cell + boundary) - t) / (0.8 (1 - t))``, clipped to [0, 1].
 The weights were chosen on the training splits of the development data
 (``nuclei/train``, and ``em/train`` for a model fine-tuned on two EM slices),
 where the score separates wrong objects (best IoU with a true object < 0.5)
-from right ones with a ROC AUC of 0.90 on both; ``foreground`` alone gives
+from right ones with a ROC AUC of 0.89-0.90; ``foreground`` alone gives
 0.87-0.89. See docs/benchmarks.md ("Corrections to accuracy") for what the
 order buys a user. All of it is NumPy/SciPy on whole planes (no per-pixel Python loops).
 """

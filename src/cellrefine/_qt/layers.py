@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..axes import AXES, check_axes
+from ..axes import AXES, axes_doubt, check_axes
 from .workers import UserError
 
 if TYPE_CHECKING:
@@ -84,27 +84,17 @@ def layer_axes(viewer: napari.Viewer, layer, override: str = "") -> tuple[str, s
 
 
 def axes_warning(layer, axes: str, source: str) -> str | None:
-    """A warning when guessed axes look wrong: a 2- or 3-item leading axis taken as Z/T
-    (e.g. (2, Y, X): perhaps channels), or a 2- to 4-item last axis taken as X
-    (e.g. (Y, X, 2): channels last). None when the axes were not guessed or look fine."""
+    """A warning when guessed axes look wrong, by the core's rule (:func:`cellrefine.axes.axes_doubt`, the one behind
+    :class:`~cellrefine.axes.AxesGuessWarning`): a 2- or 3-item first axis taken as Z/T (e.g. (2, Y, X): perhaps
+    channels), or a 2- to 4-item last axis taken as X (e.g. (Y, X, 2): channels last). None when the axes were not
+    guessed or look fine. The widget passes the axes on to the core, which therefore never warns a second time."""
     if source != GUESSED:
         return None
     shape = layer_shape(layer)
-    letters = layer_dims_axes(layer, axes)
-    if len(letters) < 3:
+    doubt = axes_doubt(shape, axes)
+    if doubt is None:
         return None
-    lead, size = letters[0], shape[0]
-    if shape[-1] <= 4 and letters[-1] == "X":
-        return (
-            f"{layer.name!r} has shape {shape}: its axes were guessed as {axes}, i.e. {shape[0]} planes of {shape[-2]} × {shape[-1]} pixels. "
-            f"If the last axis holds {shape[-1]} channels, type {axes[1:-2] + 'YXC'} in Axes."
-        )
-    if lead in "ZT" and size in (2, 3):
-        return (
-            f"{layer.name!r} has shape {shape}: its first axis ({size} items) was guessed as {lead}. "
-            f"If it holds channels or time points, type e.g. {'C' + axes[1:]} or {'T' + axes[1:]} in Axes."
-        )
-    return None
+    return f"{layer.name!r} has shape {shape}: {doubt.reason}. {doubt.hint}, type {' or '.join(doubt.alternatives)} in Axes."
 
 
 def layer_dims_axes(layer, axes: str) -> str:

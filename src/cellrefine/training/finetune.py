@@ -288,6 +288,7 @@ def iter_finetune(
         objects_after=evaluation.objects_after,
         thresholds_before=evaluation.thresholds_before,
         thresholds_after=evaluation.thresholds_after,
+        teacher_confidence=list(samples.teacher_confidence),
     )
     if evaluation.calibration is not None:
         entry["postprocess_calibration"] = evaluation.calibration

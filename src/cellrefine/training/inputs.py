@@ -1,14 +1,36 @@
-"""Checking the user's images, labels and reviewed masks, and cutting them into training planes."""
+"""Checking the user's images, labels and reviewed masks, and cutting them into training planes.
+
+What :func:`collect_planes` accepts (and so :func:`~cellrefine.training.finetune`):
+
+* instance labels: non-negative integers of any size, 0 = background. Each
+  plane's ids are relabelled 1..n before anything else sees them, so hashed
+  ids (2**31 - 1) cost what small ids do;
+* a bool array as instance labels is a foreground mask: each connected region
+  of each plane (8-connected) becomes one object, with a :class:`LabelsWarning`
+  (touching cells become one object; pass one id per cell to keep them apart);
+* instance labels that look like a class map (only 0, 1, 2, with 1 or 2 in
+  many separate regions, as ``Segmentation.semantic``) warn with a
+  :class:`LabelsWarning` that points to ``kind="semantic"``;
+* class maps (``kind="semantic"``): 0, 1, 2, or bool (True = cell);
+* reviewed masks: bool, or integers 0/1, with the labels' shape; anything
+  else (a string, floats, other values) is refused.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import numpy as np
+from scipy import ndimage as ndi
 
-__all__ = ["Plane", "collect_planes", "reviewed_mask_from_labelled_planes", "KINDS"]
+__all__ = ["Plane", "collect_planes", "reviewed_mask_from_labelled_planes", "KINDS", "LabelsWarning", "looks_like_class_map"]
 
 KINDS = ("instances", "semantic")
+
+
+class LabelsWarning(UserWarning):
+    """Training labels were read in a way the user may not mean (a bool mask split into regions, a class map as instances)."""
 
 
 @dataclasses.dataclass
@@ -20,7 +42,8 @@ class Plane:
     image : (C, Y, X) float32
         Normalised as for segmentation (:class:`cellrefine.reader.PlaneReader`).
     labels : (Y, X) int
-        Instance ids (0 = background), or classes 0/1/2 for ``kind="semantic"``.
+        Instance ids 1..n (0 = background; uint32 from :func:`collect_planes`),
+        or classes 0/1/2 for ``kind="semantic"``.
     mask : (Y, X) bool or None
         Reviewed pixels; None means every pixel.
     source : (int, int, int)
@@ -62,6 +85,89 @@ def _tzyx(array: np.ndarray, image_axes: str) -> np.ndarray:
     return to_tzcyx(array, image_axes.replace("C", ""))[:, :, 0]
 
 
+def looks_like_class_map(labels: np.ndarray, min_regions: int = 3) -> bool:
+    """Whether instance ``labels`` look like a class map: only the values 0, 1, 2, with 1 or 2 in ``min_regions`` or more separate regions.
+
+    In instance labels each object has its own id, so an id in many separate
+    (8-connected) regions is unusual; in a class map (e.g.
+    ``Segmentation.semantic``: 0 background, 1 cell, 2 boundary) every cell is
+    one more region of 1.
+
+    Examples
+    --------
+    >>> semantic = np.zeros((9, 9), np.uint8); semantic[1:3, 1:3] = semantic[5:7, 1:3] = semantic[1:3, 5:7] = 1
+    >>> looks_like_class_map(semantic), looks_like_class_map(semantic * 7)
+    (True, False)
+    """
+    labels = np.asarray(labels)
+    if labels.size == 0 or labels.dtype.kind not in "iu" or labels.min() < 0 or labels.max() > 2:
+        return False
+    structure = np.ones((3,) * labels.ndim, bool)
+    return any(ndi.label(labels == value, structure)[1] >= min_regions for value in (1, 2))
+
+
+def _checked_labels(label: np.ndarray, index: int, kind: str) -> np.ndarray:
+    """The dtype and value checks of ``labels[index]``; a bool class map becomes uint8 (True = cell)."""
+    if label.dtype.kind not in "iub":
+        raise TypeError(f"labels[{index}] must be integers (instance ids or classes 0/1/2), got dtype {label.dtype}; e.g. labels.astype(np.uint32).")
+    if kind == "semantic":
+        if label.dtype.kind == "b":
+            return label.astype(np.uint8)
+        if label.size and (label.min() < 0 or label.max() > 2):
+            raise ValueError(
+                f"labels[{index}] with kind='semantic' must hold classes 0 (background), 1 (cell), 2 (boundary); got values {label.min()}..{label.max()}."
+            )
+        return label
+    if label.dtype.kind == "b":
+        warnings.warn(
+            f"labels[{index}] is a bool array: with kind='instances' it is read as a foreground mask, and each connected region of each "
+            "plane (8-connected) becomes one object, so touching cells become one object. Pass integer labels with one id per cell to "
+            "keep them apart, or kind='semantic' for a class map.",
+            LabelsWarning,
+            stacklevel=3,
+        )
+        return label
+    if label.size and label.min() < 0:
+        raise ValueError(f"labels[{index}] holds negative ids; instance labels are 0 (background) and positive object ids.")
+    if looks_like_class_map(label):
+        warnings.warn(
+            f"labels[{index}] holds only the values 0, 1, 2, with the same value in many separate regions: it looks like a class map "
+            "(e.g. Segmentation.semantic: 0 background, 1 cell, 2 boundary), not instance labels (one id per object). Pass "
+            "kind='semantic' if it is a class map, or the instance labels (e.g. Segmentation.instances).",
+            LabelsWarning,
+            stacklevel=3,
+        )
+    return label
+
+
+def _checked_mask(mask, index: int, expected: tuple) -> np.ndarray:
+    """``masks[index]`` as a bool array, or a clear error: masks are bool or 0/1 integers of the labels' shape."""
+    mask = np.asarray(mask)
+    if mask.dtype.kind not in "biu":
+        shown = repr(mask.item()) if mask.ndim == 0 else f"an array of dtype {mask.dtype}"
+        raise TypeError(
+            f"masks[{index}] must be a bool array (True = reviewed) or integers 0/1 with the labels' shape, got {shown}; "
+            "e.g. pass labels > 0, or None to count every pixel as reviewed."
+        )
+    if mask.shape != expected:
+        raise ValueError(f"masks[{index}] has shape {mask.shape} but must match labels[{index}] {expected}.")
+    if mask.dtype.kind in "iu" and mask.size and (mask.min() < 0 or mask.max() > 1):
+        raise ValueError(
+            f"masks[{index}] holds values {mask.min()}..{mask.max()}; a reviewed mask holds 0 (not reviewed) and 1 (reviewed) only, "
+            "or True/False. For a labels image, pass labels > 0."
+        )
+    return mask.astype(bool, copy=False)
+
+
+def _instance_plane(labels: np.ndarray) -> np.ndarray:
+    """One plane of instance labels with ids 1..n (uint32); a bool plane's connected regions become the objects."""
+    from ..postprocess import relabel_sequential
+
+    if labels.dtype.kind == "b":
+        return ndi.label(labels, np.ones((3, 3), bool), output=np.uint32)[0]
+    return relabel_sequential(labels)[0]
+
+
 def collect_planes(images, labels, masks=None, axes=None, kind: str = "instances", model=None) -> list[Plane]:
     """Validate the training inputs and return their reviewed planes.
 
@@ -73,9 +179,11 @@ def collect_planes(images, labels, masks=None, axes=None, kind: str = "instances
     images : array or list of arrays
         2D images or stacks (numpy, dask, zarr).
     labels : array or list of int arrays
-        One per image, with the image's shape without its channel axis.
+        One per image, with the image's shape without its channel axis (see
+        the module docstring for bool labels and class maps). Instance ids are
+        relabelled 1..n per plane in the returned planes.
     masks : array or list of bool arrays (or None entries), optional
-        Reviewed pixels per image; None = every pixel.
+        Reviewed pixels per image (bool, or integers 0/1); None = every pixel.
     axes : str or list of str, optional
         Axes of each image (inferred when None).
     kind : {"instances", "semantic"}
@@ -89,8 +197,15 @@ def collect_planes(images, labels, masks=None, axes=None, kind: str = "instances
     Raises
     ------
     TypeError, ValueError
-        Mismatched lengths, shapes or dtypes, classes outside 0..2, or nothing
-        to learn from (no reviewed pixel, or no object and no mask).
+        Mismatched lengths, shapes or dtypes, classes outside 0..2, masks
+        that are not bool or 0/1, or nothing to learn from (no reviewed
+        pixel, or no object and no mask).
+
+    Warns
+    -----
+    LabelsWarning
+        Bool instance labels (split into connected regions), or instance
+        labels that look like a class map (:func:`looks_like_class_map`).
     """
     from ..axes import check_axes, spatial_shape
     from ..reader import PlaneReader, check_image
@@ -119,20 +234,10 @@ def collect_planes(images, labels, masks=None, axes=None, kind: str = "instances
             raise ValueError(
                 f"labels[{index}] has shape {label.shape} but image {index} (axes {image_axes!r}) needs {expected}: one label per pixel, no channel axis."
             )
-        if label.dtype.kind not in "iub":
-            raise TypeError(f"labels[{index}] must be integers (instance ids or classes 0/1/2), got dtype {label.dtype}.")
-        if kind == "semantic" and label.size and (label.min() < 0 or label.max() > 2):
-            raise ValueError(
-                f"labels[{index}] with kind='semantic' must hold classes 0 (background), 1 (cell), 2 (boundary); got values {label.min()}..{label.max()}."
-            )
-        if kind == "instances" and label.size and label.min() < 0:
-            raise ValueError(f"labels[{index}] holds negative ids; instance labels are 0 (background) and positive object ids.")
+        label = _checked_labels(label, index, kind)
         mask = None
         if masks is not None and masks[index] is not None:
-            mask = np.asarray(masks[index])
-            if mask.shape != expected:
-                raise ValueError(f"masks[{index}] has shape {mask.shape} but must match labels[{index}] {expected}.")
-            mask = mask.astype(bool, copy=False)
+            mask = _checked_mask(masks[index], index, expected)
         reader = PlaneReader(image, image_axes, model)
         label_view = _tzyx(label, image_axes)
         mask_view = None if mask is None else _tzyx(mask, image_axes)
@@ -142,7 +247,10 @@ def collect_planes(images, labels, masks=None, axes=None, kind: str = "instances
                 mask_plane = None if mask_view is None else np.array(mask_view[t, z])
                 if mask_plane is not None and not mask_plane.any():
                     continue
-                planes.append(Plane(reader.plane(t, z), np.array(label_view[t, z]), mask_plane, (index, t, z)))
+                label_plane = np.array(label_view[t, z])
+                if kind == "instances":
+                    label_plane = _instance_plane(label_plane)
+                planes.append(Plane(reader.plane(t, z), label_plane, mask_plane, (index, t, z)))
     if not planes:
         raise ValueError("no pixel is marked as reviewed in any mask: nothing to learn from. Paint corrections or mark a region as reviewed first.")
     if all(plane.mask is None for plane in planes) and not any(plane.labels.any() for plane in planes):
@@ -181,6 +289,8 @@ def reviewed_mask_from_labelled_planes(labels, axes: str | None) -> np.ndarray:
     from ..axes import check_axes, from_tzyx
 
     labels = np.asarray(labels)
+    if labels.dtype.kind not in "iub":
+        raise TypeError(f"labels must be integers (0 = unlabelled), got dtype {labels.dtype}; e.g. labels.astype(np.uint32).")
     label_axes = check_axes(labels.shape, axes.upper().replace("C", "") if isinstance(axes, str) else axes)
     view = _tzyx(labels, label_axes)
     planes = view.any(axis=(2, 3))

@@ -149,6 +149,8 @@ class SampleSet(Sequence):
         self._ready: dict = {}
         self._lock = threading.Lock()
         self.preparation_seconds = 0.0
+        #: per plane, the starting model's mean top-class probability on its unreviewed pixels (None until prepared, or without a teacher)
+        self.teacher_confidence: list = [None] * len(self.planes)
 
     @classmethod
     def of(cls, samples: Sequence[TrainingSample]) -> SampleSet:
@@ -198,6 +200,11 @@ class SampleSet(Sequence):
             probabilities = predict_probabilities(self.parent.network, plane.image, device=self.device)
             predicted = probabilities.argmax(axis=0).astype(np.uint8) if settings.changed_weight != 1 else None
             teacher = probabilities if self._teacher[index] else None
+        if teacher is not None:
+            confidence = float(teacher.max(axis=0)[~plane.reviewed_mask()].mean())
+            self.teacher_confidence[index] = round(confidence, 4)
+            if confidence < settings.distill_confidence:
+                teacher = None  # out of the starting model's domain: nothing worth keeping (TrainSettings.distill_confidence)
         return prepare_sample(plane.image, plane.labels, plane.mask, self.kind, predicted, settings, teacher, self.exclude[index])
 
 

@@ -6,6 +6,8 @@ import dataclasses
 import math
 from numbers import Integral, Real
 
+from ..settings_fields import reject_unknown_fields
+
 __all__ = ["TrainSettings", "FinetuneSettings", "PRECISIONS", "WEIGHTINGS"]
 
 PRECISIONS = ("auto", "float32", "bfloat16")
@@ -14,16 +16,20 @@ WEIGHTINGS = ("unet", "class")
 _POSITIVE_INTS = ("steps", "batch_size", "crop_size", "validate_every", "boundary_width")
 _POSITIVE_FLOATS = ("learning_rate", "sigma")
 _NON_NEGATIVE_FLOATS = ("weight_decay", "w0", "dice", "changed_weight", "distill")
-_PROBABILITIES = ("elastic", "context_crops")
+_PROBABILITIES = ("elastic", "context_crops", "distill_confidence")
 _FLAGS = ("freeze_norm", "keep_best", "calibrate_postprocess")
 
 
+@reject_unknown_fields("fine-tuning")
 @dataclasses.dataclass
 class TrainSettings:
     """Hyper-parameters of :func:`cellrefine.training.iter_finetune` and of ``python -m cellrefine.train``.
 
     The defaults are what users run when fine-tuning; ``train.py`` overrides
     a few of them (no BatchNorm freeze, no emphasis on changed pixels).
+    An unknown field name (``TrainSettings(learnng_rate=1e-3)``, or the same
+    override to :func:`~cellrefine.training.finetune`) raises a TypeError that
+    names it and suggests the closest field; :meth:`validate` checks the values.
 
     Attributes
     ----------
@@ -46,6 +52,14 @@ class TrainSettings:
     distill : float
         Weight of keeping the starting model's predictions on the unreviewed
         pixels of partly reviewed planes (0 = off).
+    distill_confidence : float
+        Distillation is used on a plane only where the starting model is at
+        home: its mean top-class probability over the plane's unreviewed
+        pixels must reach this (0 = always). Out of its domain (the bundled
+        nuclei model on EM: 0.73-0.76; on nuclei images: 0.97-0.98) its
+        predictions are not worth keeping, and keeping them stops the
+        corrections from reshaping the model (docs/benchmarks.md,
+        "Corrections to accuracy").
     context_crops : float
         Share of crops drawn anywhere in a partly reviewed plane (distillation context).
     boundary_width : int
@@ -86,6 +100,7 @@ class TrainSettings:
     dice: float = 0.5
     changed_weight: float = 3.0
     distill: float = 3.0
+    distill_confidence: float = 0.9
     context_crops: float = 0.5
     boundary_width: int = 2
     elastic: float = 0.5
@@ -108,10 +123,10 @@ class TrainSettings:
             A value is out of range or not finite, or a choice is unknown; the
             message names the field.
         """
-        if self.weighting not in WEIGHTINGS:
-            raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {self.weighting!r}.")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}.")
+        for name, choices in (("weighting", WEIGHTINGS), ("precision", PRECISIONS)):
+            value = getattr(self, name)
+            if not isinstance(value, str) or value not in choices:
+                raise ValueError(f"{name} must be one of {choices}, got {value!r}.")
         for name in _POSITIVE_INTS:
             value = getattr(self, name)
             if not _is_int(value) or value < 1:
@@ -135,7 +150,7 @@ class TrainSettings:
         return self
 
     def replace(self, **changes) -> TrainSettings:
-        """A validated copy with some fields changed (an unknown field name raises TypeError)."""
+        """A validated copy with some fields changed (an unknown field name raises a TypeError naming it)."""
         return dataclasses.replace(self, **changes).validate()
 
 
