@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import cellrefine
-from cellrefine.axes import AXES, AxesGuessWarning, axes_doubt, check_axes, from_tzyx, infer_axes, spatial_shape, to_tzcyx
+from cellrefine.axes import AxesGuessWarning, axes_doubt, check_axes, from_tzyx, infer_axes, spatial_shape, to_tzcyx
 
 
 @pytest.mark.parametrize(
@@ -144,7 +144,10 @@ def test_from_tzyx_does_not_copy_when_the_order_is_kept():
 @pytest.mark.parametrize(
     ("shape", "match"),
     [
-        ((2, 64, 64), r"shape \(2, 64, 64\) has no axes given: its first axis \(2 items\) was guessed as Z\. If it holds channels or time points, pass axes='CYX' or 'TYX'; pass axes='ZYX' to keep"),
+        (
+            (2, 64, 64),
+            r"shape \(2, 64, 64\) has no axes given: its first axis \(2 items\) was guessed as Z\. If it holds channels or time points, pass axes='CYX' or 'TYX'; pass axes='ZYX' to keep",
+        ),
         ((3, 64, 64), r"first axis \(3 items\) was guessed as Z"),
         ((64, 48, 2), r"guessed as ZYX, i\.e\. planes of 48 × 2 pixels .* If the last axis holds 2 channels, pass axes='YXC'"),
         ((5, 64, 48, 2), r"If the last axis holds 2 channels, pass axes='ZYXC'"),

@@ -38,9 +38,15 @@ def same_weights(a, b) -> bool:
         (lambda: TrainSettings(foo=1), r"unknown fine-tuning setting 'foo'; the TrainSettings fields are: steps, batch_size, .*precision\."),
         (lambda: TrainSettings(learnng_rate=1e-3), r"'learnng_rate' \(did you mean 'learning_rate'\?\)"),
         (lambda: TrainSettings().replace(stepz=3), r"'stepz' \(did you mean 'steps'\?\)"),
-        (lambda: TrainSettings(**{"seed": 1, "sed": 2, "zzz": 3}), r"settings 'sed' \(did you mean 'seed'\?\), 'zzz'; the TrainSettings fields"),
-        (lambda: PostprocessSettings(**{"foreground": 0.5}), r"unknown post-processing setting 'foreground' \(did you mean 'foreground_threshold'\?\)"),
-        (lambda: PostprocessSettings(min_sise=3), r"'min_sise' \(did you mean 'min_size'\?\); the PostprocessSettings fields are: foreground_threshold, "),
+        (lambda: TrainSettings(seed=1, sed=2, zzz=3), r"settings 'sed' \(did you mean 'seed'\?\), 'zzz'; the TrainSettings fields"),
+        (
+            lambda: PostprocessSettings(foreground=0.5),
+            r"unknown post-processing setting 'foreground' \(did you mean 'foreground_threshold'\?\)",
+        ),
+        (
+            lambda: PostprocessSettings(min_sise=3),
+            r"'min_sise' \(did you mean 'min_size'\?\); the PostprocessSettings fields are: foreground_threshold, ",
+        ),
     ],
 )
 def test_unknown_setting_names_it_and_suggests_the_field(build, match):
@@ -281,3 +287,15 @@ def test_collected_planes_do_not_depend_on_the_id_values(data):
     for plane in (small[0], large[0]):
         assert plane.labels.dtype == np.uint32
         np.testing.assert_array_equal(plane.labels, expected)
+
+
+def test_prepare_sample_refuses_values_outside_the_classes():
+    from cellrefine.training import prepare_sample
+
+    image = np.zeros((1, 4, 4), np.float32)
+    with pytest.raises(ValueError, match=r"kind='semantic' must be classes 0 \(background\), 1 \(cell\), 2 \(boundary\); got int64 values"):
+        prepare_sample(image, np.full((4, 4), 300, np.int64), kind="semantic")
+    with pytest.raises(ValueError, match="kind must be 'instances' or 'semantic', got 'classes'"):
+        prepare_sample(image, np.zeros((4, 4), np.int64), kind="classes")
+    sample = prepare_sample(image, np.full((4, 4), 2**31 - 1, np.int64))  # huge id: one object, as id 1
+    np.testing.assert_array_equal(sample.semantic, prepare_sample(image, np.ones((4, 4), np.int64)).semantic)

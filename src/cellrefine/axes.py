@@ -95,8 +95,8 @@ def axes_doubt(shape, axes: str) -> AxesDoubt | None:
     if axes[-1] == "X" and shape[-1] <= 4:
         colour = axes.replace("C", "") + "C" if "C" in axes else axes[1:] + "C"
         return AxesDoubt(
-            f"its axes were guessed as {axes}, i.e. planes of {shape[-2]} × {shape[-1]} pixels (the last axis, {shape[-1]} items, taken as X)",
-            f"If the last axis holds {shape[-1]} channels",
+            f"its axes were guessed as {axes}, i.e. planes of {shape[-2]} × {shape[-1]} pixels (the last axis, {_items(shape[-1])}, taken as X)",
+            "If the last axis holds channels" if shape[-1] == 1 else f"If the last axis holds {shape[-1]} channels",
             (colour,),
         )
     lead = axes[0]
@@ -110,6 +110,10 @@ def axes_doubt(shape, axes: str) -> AxesDoubt | None:
 
 
 _READINGS = {"C": "channels", "T": "time points", "Z": "Z planes"}
+
+
+def _items(n: int) -> str:
+    return "1 item" if n == 1 else f"{n} items"
 
 
 def infer_axes(shape, *, warn: bool = True) -> str:

@@ -7,6 +7,7 @@ Examples::
     cellrefine segment --sample -o sample_labels.tif
     cellrefine finetune img1.tif img2.tif --labels img1_labels.tif img2_labels.tif -o my_model
     cellrefine finetune images/ --labels labels/ -o my_model --steps 300
+    cellrefine export --model my_model -o my_model.zip      # bioimage.io package (cli_export.py)
 
 Safety: every input and output is checked before anything is computed (see
 :mod:`cellrefine.cli_files`); every file is written through
@@ -269,6 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--kind", default="instances", choices=["instances", "semantic"], help="labels are instance ids (default) or classes 0/1/2")
     ft.add_argument("--steps", type=_whole_number(1), default=None, help="optimisation steps (default 150 on every device; more on a GPU is cheap)")
     ft.add_argument("--seed", type=int, default=0)
+    from .cli_export import add_export_command
+
+    add_export_command(sub)  # cellrefine export: a bioimage.io package (cli_export.py)
     return parser
 
 
@@ -285,6 +289,7 @@ def _say(line: str) -> None:
 _INTERRUPTED = {
     "segment": "interrupted (Ctrl-C); the files reported as written are complete, nothing half-written was left.",
     "finetune": "interrupted (Ctrl-C); no model was saved.",
+    "export": "interrupted (Ctrl-C); no package was written (a previous file of that name is unchanged).",
 }
 
 

@@ -41,6 +41,8 @@ __all__ = [
     "finish_labels",
     "list_labels",
     "open_labels",
+    "labels_group",
+    "remove_labels",
     "zarr_format_of",
     "DEFAULT_LABEL_NAME",
 ]
@@ -438,3 +440,31 @@ def open_labels(path, name: str | None = None) -> ZarrImage:
         raise FileNotFoundError(f"{path} holds no finished {wanted} (labels listed: {names or 'none'}).")
     name = names[0] if name is None else name
     return open_zarr(f"{str(path).rstrip('/')}/labels/{name}")
+
+
+def labels_group(output, name: str):
+    """The zarr group ``labels/<name>`` of the store ``output`` (finished or not), or None when there is none."""
+    zarr = _zarr()
+    try:
+        root = zarr.open_group(str(output), mode="r+")
+    except (FileNotFoundError, KeyError, ValueError):
+        return None
+    key = f"labels/{_check_name(name)}"
+    return root.get(key)
+
+
+def remove_labels(output, name: str) -> None:
+    """Remove the labels image ``labels/<name>`` from the store ``output`` (and from its ``labels`` list); nothing else is touched."""
+    zarr = _zarr()
+    root = zarr.open_group(str(output), mode="r+")
+    if "labels" not in root:
+        return
+    labels = root["labels"]
+    attrs, _ = _ome_attrs(dict(labels.attrs))
+    names = [n for n in attrs.get("labels", []) if n != name]
+    if "ome" in dict(labels.attrs):
+        labels.attrs.update({"ome": {**dict(labels.attrs)["ome"], "labels": names}})
+    elif "labels" in dict(labels.attrs):
+        labels.attrs.update({"labels": names})
+    if _check_name(name) in labels:
+        del labels[name]

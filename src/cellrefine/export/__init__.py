@@ -17,6 +17,7 @@ from .package import (
     export_bioimageio,
     read_cellrefine_package,
     run_test_model,
+    spec_installed,
     validate_package,
 )
 
@@ -26,6 +27,7 @@ __all__ = [
     "validate_package",
     "run_test_model",
     "default_test_image",
+    "spec_installed",
     "CELLREFINE_FILE",
     "ARCHITECTURE_CALLABLE",
 ]

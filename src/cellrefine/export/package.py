@@ -23,6 +23,7 @@ __all__ = [
     "validate_package",
     "run_test_model",
     "default_test_image",
+    "spec_installed",
     "CELLREFINE_FILE",
     "ARCHITECTURE_CALLABLE",
 ]
@@ -35,15 +36,23 @@ _RDF_NAMES = ("rdf.yaml", "bioimageio.yaml")
 _TEST_SIZE = 256
 _ARCHITECTURE_HEADER = (
     "# CellRefine's U-Net (cellrefine/model/unet.py of napari-cellrefine {version}, BSD-3-Clause), followed by\n"
-    "# CellRefineUNet: the same network returning class probabilities, as described in this package's rdf.yaml.\n"
+    "# CellRefineUNet: the same network run as CellRefine runs it, as described in this package's rdf.yaml.\n"
 )
 _ARCHITECTURE_FOOTER = '''
 
 class CellRefineUNet(UNet):
-    """:class:`UNet` returning class probabilities: softmax over the channel axis of its logits."""
+    """:class:`UNet` as CellRefine runs it, returning class probabilities.
+
+    The image is mirror-padded by the tiling halo (the U-Net paper's
+    overlap-tile strategy, as cellrefine.tiling does), the logits are cropped
+    back and turned into probabilities by a softmax over the channel axis.
+    Spatial sizes must exceed the halo.
+    """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(super().forward(x), dim=1)
+        halo = self.halo
+        logits = super().forward(F.pad(x, (halo, halo, halo, halo), mode="reflect"))
+        return torch.softmax(logits[..., halo : logits.shape[-2] - halo, halo : logits.shape[-1] - halo], dim=1)
 '''
 
 
@@ -82,25 +91,39 @@ def _architecture_source() -> str:
     return _ARCHITECTURE_HEADER.format(version=__version__) + source + _ARCHITECTURE_FOOTER
 
 
-def _torch_files(model, test_input: np.ndarray, low: float, high: float) -> dict:
+def _architecture_network(source: str, model):
+    """``CellRefineUNet`` built from the architecture ``source`` written to the package, holding ``model``'s weights (CPU, float32)."""
+    import types
+
+    module = types.ModuleType("cellrefine_unet_export")
+    exec(compile(source, ARCHITECTURE_FILE, "exec"), module.__dict__)  # our own source text (cellrefine/model/unet.py + the footer)
+    network = getattr(module, ARCHITECTURE_CALLABLE)(**model.network.config())
+    network.load_state_dict(model.network.state_dict())
+    return network.cpu().float().eval()
+
+
+def _torch_files(model, architecture: str, test_input: np.ndarray, low: float, high: float) -> dict:
     """State dict, TorchScript, test output and normalised input (CPU, float32, evaluation mode)."""
     import torch
 
     from .rdf import SCALE_RANGE_EPS
 
-    network = model.copy().network.cpu().float().eval()
+    network = _architecture_network(architecture, model)
     lo, hi = (float(v) for v in np.percentile(test_input.astype(np.float64), [low, high]))
     normalized = ((test_input - lo) / (hi - lo + SCALE_RANGE_EPS)).astype(np.float32)
     x = torch.from_numpy(normalized)
     state = {key: value.detach().contiguous() for key, value in network.state_dict().items()}
     weights = io.BytesIO()
     torch.save(state, weights)
-    probabilities = _with_softmax(network).eval()
+    probabilities = network
     with torch.no_grad():
         output = probabilities(x).numpy().astype(np.float32)
         with warnings.catch_warnings():  # sizes are multiples of the grid, so the traced graph (no padding) holds for every allowed size
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            traced = torch.jit.trace(probabilities, x)
+            warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit: still what bioimage.io's torchscript format is
+            traced = torch.jit.trace(probabilities, x, check_trace=False)  # checked once below, on the test input
+        if not np.allclose(traced(x).numpy(), output, atol=1e-5):
+            raise RuntimeError("the TorchScript copy of the network does not reproduce its output; please report this as a CellRefine bug.")
     script = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit.save: still what bioimage.io's torchscript format is
@@ -108,11 +131,12 @@ def _torch_files(model, test_input: np.ndarray, low: float, high: float) -> dict
     return {"weights": weights.getvalue(), "torchscript": script.getvalue(), "output": output, "normalized": normalized[0, 0]}
 
 
-def _with_softmax(network):
-    """``network`` followed by a softmax over channels (what ``CellRefineUNet`` in the architecture file computes)."""
-    from torch import nn
+def _tiff(array: np.ndarray) -> bytes:
+    import tifffile
 
-    return nn.Sequential(network, nn.Softmax(dim=1))
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, np.ascontiguousarray(array), photometric="minisblack", compression="zlib")
+    return buffer.getvalue()
 
 
 def _npy(array: np.ndarray) -> bytes:
@@ -178,8 +202,8 @@ def export_bioimageio(model, path, *, test_image=None, authors=None, license: st
     path = Path(path).expanduser()
     if path.suffix.lower() != ".zip":
         raise ValueError(f"a bioimage.io package is a .zip file; got {path.name!r}, use {path.with_suffix('.zip').name!r}.")
-    if validate is True:
-        _import_spec()
+    if validate is True and not spec_installed():
+        raise ImportError("validate=True needs bioimageio.spec: pip install 'napari-cellrefine[bioimageio]' (or pass validate=None/False).")
     check_writable(path)
     config = validate_config(copy.deepcopy(model.config))
     arch = config["architecture"] = model.network.config()
@@ -190,7 +214,8 @@ def export_bioimageio(model, path, *, test_image=None, authors=None, license: st
     raw = _test_crop(default_test_image() if test_image is None else test_image, size_min, step)
     test_input = raw.astype(np.float32)[None, None]
     norm = config["normalization"]
-    tensors = _torch_files(model, test_input, norm["low_percentile"], norm["high_percentile"])
+    architecture = _architecture_source()
+    tensors = _torch_files(model, architecture, test_input, norm["low_percentile"], norm["high_percentile"])
     import torch
 
     from ..training import finetune_summary
@@ -199,10 +224,12 @@ def export_bioimageio(model, path, *, test_image=None, authors=None, license: st
     contents = {
         "weights.pt": tensors["weights"],
         "weights_torchscript.pt": tensors["torchscript"],
-        ARCHITECTURE_FILE: _architecture_source().encode(),
+        ARCHITECTURE_FILE: architecture.encode(),
         "test_input.npy": _npy(test_input),
         "test_output.npy": _npy(tensors["output"]),
         "cover.png": png_bytes(cover_image(tensors["normalized"], tensors["output"][0])),
+        "sample_input.tif": _tiff(test_input[0, 0]),
+        "sample_output.tif": _tiff(tensors["output"][0]),
         CELLREFINE_FILE: cellrefine_bytes,
     }
     parameters = sum(p.numel() for p in model.network.parameters())
@@ -223,6 +250,8 @@ def export_bioimageio(model, path, *, test_image=None, authors=None, license: st
         "architecture": ARCHITECTURE_FILE,
         "test_input": "test_input.npy",
         "test_output": "test_output.npy",
+        "sample_input": "sample_input.tif",
+        "sample_output": "sample_output.tif",
         "cover": "cover.png",
         "readme": "README.md",
         "cellrefine": CELLREFINE_FILE,
@@ -243,7 +272,7 @@ def export_bioimageio(model, path, *, test_image=None, authors=None, license: st
             archive.writestr("rdf.yaml", rdf_text)
             for name, data in contents.items():
                 archive.writestr(name, data)
-        if validate is not False and (validate or _spec_installed()):
+        if validate is not False and (validate or spec_installed()):
             validate_package(temp)
     logger.info("exported %s as a bioimage.io package to %s", model.name, path)
     return path
@@ -275,7 +304,8 @@ def _authors(authors) -> list:
     return result
 
 
-def _spec_installed() -> bool:
+def spec_installed() -> bool:
+    """Whether ``bioimageio.spec`` is installed (then :func:`export_bioimageio` validates by default)."""
     import importlib.util
 
     return importlib.util.find_spec("bioimageio") is not None and importlib.util.find_spec("bioimageio.spec") is not None

@@ -80,8 +80,8 @@ def build_rdf(config: dict, files: dict, *, architecture_callable: str, pytorch_
         The CellRefine model config (validated).
     files : dict
         Package file role -> ``(name, sha256)`` for ``weights``, ``torchscript``,
-        ``architecture``, ``test_input``, ``test_output``, ``cover``, ``readme``,
-        ``cellrefine``.
+        ``architecture``, ``test_input``, ``test_output``, ``sample_input``,
+        ``sample_output``, ``cover``, ``readme``, ``cellrefine``.
     architecture_callable : str
         Name of the ``torch.nn.Module`` in the architecture file.
     pytorch_version : str
@@ -127,6 +127,7 @@ def build_rdf(config: dict, files: dict, *, architecture_callable: str, pytorch_
                 "description": "one grey channel, any intensity range (colour images: average the channels first)",
                 "axes": [{"type": "batch"}, {"type": "channel", "channel_names": ["grey"]}, *space],
                 "test_tensor": file("test_input"),
+                "sample_tensor": file("sample_input"),
                 "data": {"type": "float32"},
                 "preprocessing": [
                     {"id": "ensure_dtype", "kwargs": {"dtype": "float32"}},
@@ -147,6 +148,7 @@ def build_rdf(config: dict, files: dict, *, architecture_callable: str, pytorch_
                     *({"id": axis, "type": "space", "size": {"tensor_id": TENSOR_INPUT, "axis_id": axis}, "halo": halo} for axis in ("y", "x")),
                 ],
                 "test_tensor": file("test_output"),
+                "sample_tensor": file("sample_output"),
                 "data": {"type": "float32", "range": [0.0, 1.0]},
             }
         ],
@@ -181,7 +183,9 @@ def _scalar(value) -> str:
     if isinstance(value, float):
         if not math.isfinite(value):
             return {math.inf: ".inf", -math.inf: "-.inf"}.get(value, ".nan")
-        return repr(value)
+        text = repr(value)
+        mantissa, _, exponent = text.partition("e")
+        return f"{mantissa}.0e{exponent}" if exponent and "." not in mantissa else text  # YAML 1.1 reads 1e-06 as a string
     return json.dumps(str(value))  # a JSON string is a valid YAML double-quoted scalar
 
 

@@ -211,13 +211,15 @@ def _write_synced(path: Path, data: bytes) -> None:
         os.fsync(stream.fileno())
 
 
-def _read_safetensors(path: Path):
+def _read_safetensors(path: Path, data: bytes | None = None):
+    """``(state dict, metadata)`` of the safetensors file ``path`` (or of its bytes ``data``, e.g. from a package)."""
     from safetensors.torch import load as load_bytes
 
-    try:
-        data = path.read_bytes()
-    except OSError as error:
-        raise type(error)(f"could not read the model file {path}: {error.strerror or error}; check that it is readable.") from error
+    if data is None:
+        try:
+            data = path.read_bytes()
+        except OSError as error:
+            raise type(error)(f"could not read the model file {path}: {error.strerror or error}; check that it is readable.") from error
     if data[:2] in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05") or data[:2] == b"PK":
         raise ModelFileError(
             f"{path} is a pickle/zip file (e.g. torch.save output), which can execute code; CellRefine only loads "
@@ -258,7 +260,9 @@ def load_model(path=None, device: str = "cpu") -> Model:
     Parameters
     ----------
     path : str or Path, optional
-        A ``.safetensors`` file or a model folder. None loads the bundled
+        A ``.safetensors`` file, a model folder, or a bioimage.io package
+        (``.zip``) written by ``cellrefine export``
+        (:func:`cellrefine.export.export_bioimageio`). None loads the bundled
         nuclei model shipped with the package.
     device : {"auto", "cpu", "cuda", "mps"} or torch.device
         Where to put the network.
@@ -276,14 +280,21 @@ def load_model(path=None, device: str = "cpu") -> Model:
         is invalid (the message names the field, see
         :func:`cellrefine.model.config.validate_config`), its weights' names
         or shapes do not match the config (checked before any network is
-        built), or the weights hold NaN/Inf.
+        built), or the weights hold NaN/Inf; or a ``.zip`` that is not a
+        package written by ``cellrefine export`` (the message says what is
+        supported).
     OSError
         The file cannot be read (e.g. permissions).
     """
     from ..device import resolve_device
 
     weights_path, config_path = _resolve(bundled_model_path() if path is None else path)
-    state, metadata = _read_safetensors(weights_path)
+    package = None
+    if config_path is None and weights_path.suffix.lower() == ".zip":  # a bioimage.io package: its attached CellRefine file
+        from ..export import read_cellrefine_package
+
+        package = read_cellrefine_package(weights_path)
+    state, metadata = _read_safetensors(weights_path, package)
     if config_path is not None:
         try:
             config = json.loads(config_path.read_text())

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..targets import border_weight_map, class_weight_map, instances_to_semantic
-from .inputs import Plane
+from .inputs import KINDS, Plane
 from .settings import TrainSettings
 
 __all__ = ["TrainingSample", "prepare_sample", "prepare_samples", "SampleSet", "Sampler", "crop_padded"]
@@ -68,7 +68,8 @@ def prepare_sample(
     image : (C, Y, X) float32
         Normalised image.
     labels : (Y, X) int
-        Instance labels, or class map (0/1/2) when ``kind="semantic"``.
+        Instance labels (any non-negative ids; a bool image is one object), or
+        class map (0/1/2) when ``kind="semantic"``.
     mask : (Y, X) bool, optional
         Reviewed pixels; the loss ignores the others. None = all pixels.
     kind : {"instances", "semantic"}
@@ -87,8 +88,13 @@ def prepare_sample(
     TrainingSample
     """
     settings = settings or TrainSettings()
+    if kind not in KINDS:
+        raise ValueError(f"kind must be 'instances' or 'semantic', got {kind!r}.")
     if kind == "semantic":
-        semantic = np.asarray(labels).astype(np.uint8)
+        semantic = np.asarray(labels)
+        if semantic.dtype.kind not in "iub" or (semantic.size and (semantic.min() < 0 or semantic.max() > 2)):
+            raise ValueError(f"labels with kind='semantic' must be classes 0 (background), 1 (cell), 2 (boundary); got {semantic.dtype} values.")
+        semantic = semantic.astype(np.uint8)
         instances = None
     else:
         instances = np.asarray(labels)

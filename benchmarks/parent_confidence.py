@@ -1,0 +1,51 @@
+"""How sure the bundled model is of itself, per domain: the signal behind ``TrainSettings.distill_confidence``.
+
+    python benchmarks/parent_confidence.py --data ../shared/data
+
+For the first ``--images`` images of ``em/val`` and ``nuclei/val``: the mean top-class probability
+over the image, the share of pixels whose top class has probability >= 0.9, and the normalised
+entropy. Distillation (keeping the parent's predictions on unreviewed pixels) is only worth it where
+the parent is in its own domain.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+from _common import emit, machine_info
+
+import cellrefine as cr
+
+
+def confidence(probabilities: np.ndarray) -> dict:
+    """Mean top-class probability, share of pixels at >= 0.9 and mean normalised entropy of (3, Y, X) probabilities."""
+    p = probabilities.astype(np.float32)
+    top = p.max(axis=0)
+    entropy = -(p * np.log(np.clip(p, 1e-6, 1))).sum(axis=0) / np.log(p.shape[0])
+    return {"mean_top": float(top.mean()), "share_top_0.9": float(np.mean(top >= 0.9)), "mean_entropy": float(entropy.mean())}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=Path("../shared/data"))
+    parser.add_argument("--images", type=int, default=3)
+    parser.add_argument("--json")
+    args = parser.parse_args(argv)
+    model = cr.load_model()
+    result = {"machine": machine_info(), "domains": {}}
+    for domain in ("em/val", "nuclei/val"):
+        rows = []
+        for path in sorted((args.data / domain).glob("*.npz"))[: args.images]:
+            with np.load(path, allow_pickle=False) as data:
+                image = data["image"]
+            segmentation = cr.segment(image, model=model, return_probabilities=True)
+            rows.append({"image": path.name, **confidence(segmentation.probabilities)})
+        result["domains"][domain] = rows
+    emit(result, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
