@@ -250,7 +250,7 @@ def test_cli_export_writes_a_package(tmp_path, tiny_model, capsys):
 )
 def test_cli_export_errors_are_one_line(tmp_path, monkeypatch, capsys, arguments, message):
     monkeypatch.chdir(tmp_path)
-    tifffile.imwrite(tmp_path / "stack.tif", np.zeros((3, 80, 80), np.uint16), metadata={"axes": "ZYX"})
+    tifffile.imwrite(tmp_path / "stack.tif", np.zeros((3, 80, 80), np.uint16), photometric="minisblack", metadata={"axes": "ZYX"})
     assert main(["export", *arguments]) == 1
     err = capsys.readouterr().err
     assert err.startswith("cellrefine export: error:") and message in err and err.count("\n") == 1

@@ -17,6 +17,8 @@ from cellrefine.reader import PlaneReader, check_image
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
+pytestmark = pytest.mark.filterwarnings("ignore::cellrefine.axes.AxesGuessWarning")
+
 
 # ----------------------------------------------------------------------------- axes
 

@@ -21,6 +21,7 @@ _EXPORTS = {
     "cellrefine.inference": ("segment", "iter_segment", "Segmentation", "SegmentProgress", "SegmentationCancelled"),
     "cellrefine.postprocess": ("PostprocessSettings",),
     "cellrefine.normalize": ("BlankImageWarning",),
+    "cellrefine.axes": ("AxesGuessWarning",),
     "cellrefine.uncertainty": ("rank_objects",),
     "cellrefine.training": ("finetune", "iter_finetune", "FinetuneUpdate", "TrainSettings", "FinetuneSettings", "finetune_summary"),
 }

@@ -5,6 +5,7 @@ Examples::
     cellrefine segment image.tif -o image_labels.tif
     cellrefine segment "data/*.tif" -o results/ --axes ZYX --semantic
     cellrefine segment --sample -o sample_labels.tif
+    cellrefine segment volume.zarr -o labels.zarr --distributed --workers 4   # big data: OME-Zarr labels, block by block
     cellrefine finetune img1.tif img2.tif --labels img1_labels.tif img2_labels.tif -o my_model
     cellrefine finetune images/ --labels labels/ -o my_model --steps 300
     cellrefine export --model my_model -o my_model.zip      # bioimage.io package (cli_export.py)
@@ -26,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .cli_distributed import add_distributed_options, run_distributed, wants_distributed
 from .cli_files import CLIError, ImageFile, check_segment_outputs, expand_inputs, open_image, pair_by_name, plan_segment_outputs
 
 __all__ = ["main", "build_parser", "CLIError", "expand_inputs"]
@@ -81,6 +83,8 @@ def cmd_segment(args) -> int:
     from .postprocess import PostprocessSettings
     from .progress import run_to_end
 
+    if wants_distributed(args):  # zarr / OME-Zarr, block by block (cellrefine.cli_distributed)
+        return run_distributed(args)
     specs = list(args.inputs)
     if args.sample:
         specs.append(str(sample_nuclei_path()))
@@ -248,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--seed-threshold", type=float, help="cell probability for watershed seeds (default: the model's, 0.7 for the bundled one)")
     seg.add_argument("--min-size", type=int, help="smallest object kept, in pixels (default: the model's, 15)")
     seg.add_argument("--stitch-threshold", type=float, help="IoU linking objects across Z planes (default: the model's, 0.25)")
+    add_distributed_options(seg)
 
     ft = _command(
         sub,

@@ -33,7 +33,9 @@ def add_export_command(sub) -> argparse.ArgumentParser:
         "The package is validated with bioimageio.spec when installed, and written to a temporary name and renamed.",
     )
     parser.set_defaults(func=cmd_export)
-    parser.add_argument("--model", help="a saved model (.safetensors file, model folder or exported .zip) or 'nuclei_v1' (default: the bundled model)")
+    parser.add_argument(
+        "--model", help="a saved model (.safetensors file, model folder or exported .zip) or 'nuclei_v1' (default: the bundled model)"
+    )
     parser.add_argument("-o", "--output", required=True, help="the package to write: a name ending in .zip")
     parser.add_argument("--test-image", help="a 2D grey image (TIFF or .npy) for the test input (default: a crop of the bundled nuclei sample)")
     parser.add_argument("--author", action="append", help="an author's name (repeat for several; default: 'CellRefine developers')")
@@ -67,8 +69,12 @@ def cmd_export(args) -> int:
     test_image = _read_test_image(args.test_image) if args.test_image else None
     bundled = args.model in (None, BUNDLED_MODEL) and not (args.model and Path(args.model).exists())
     model = load_model(None if bundled else args.model)
-    path = export_bioimageio(model, output, test_image=test_image, authors=args.author, license=args.license, validate=False if args.no_validate else None)
-    checked = "" if args.no_validate else " (validated with bioimageio.spec)" if spec_installed() else " (not validated: bioimageio.spec is not installed)"
+    path = export_bioimageio(
+        model, output, test_image=test_image, authors=args.author, license=args.license, validate=False if args.no_validate else None
+    )
+    checked = (
+        "" if args.no_validate else " (validated with bioimageio.spec)" if spec_installed() else " (not validated: bioimageio.spec is not installed)"
+    )
     print(f"exported {model.name} to {path}{checked}", flush=True)
     if args.test:
         result = run_test_model(path)

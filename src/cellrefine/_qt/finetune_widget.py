@@ -21,6 +21,7 @@ from ..training import FinetuneSettings, reviewed_mask_from_labelled_planes
 from .controls import LayerCombo, ask_labels_path, ask_model_path, ask_save_path
 from .corrections_panel import CorrectionsPanel
 from .dock import Panel
+from .export_action import ask_export_path, start_export
 from .forms import Field, build_form, device_field, disable_unavailable_devices
 from .job_controls import JobControls
 from .jobs import SegmentRequest, finetune_job, start_segmentation
@@ -99,6 +100,8 @@ class FinetuneWidget(Panel):
         self.save_button = QPushButton("Save…")
         self.load_button = QPushButton("Load…")
         self.revert_button = QPushButton("Revert to bundled")
+        self.export_button = QPushButton("Export for bioimage.io…")
+        self.export_button.setToolTip("Write the current model as a bioimage.io package (.zip) that other tools run without CellRefine")
         self._build_layout()
 
         self.controls.run_button.clicked.connect(self.run)
@@ -106,6 +109,7 @@ class FinetuneWidget(Panel):
         self.save_button.clicked.connect(lambda: self.save_model())
         self.load_button.clicked.connect(lambda: self.load_model())
         self.revert_button.clicked.connect(self.revert_model)
+        self.export_button.clicked.connect(lambda: self.export_model())
         self.labels_combo.currentIndexChanged.connect(self._on_labels_changed)
         self.session.results_changed.connect(self.apply_defaults)
         self.session.model_changed.connect(self._show_model)
@@ -138,6 +142,7 @@ class FinetuneWidget(Panel):
         for button in (self.save_button, self.load_button, self.revert_button):
             row.addWidget(button)
         box.addLayout(row)
+        box.addWidget(self.export_button)
         self.set_sections([data, training, model])
 
     # -- state -------------------------------------------------------------------------
@@ -350,6 +355,27 @@ class FinetuneWidget(Panel):
         except (OSError, ValueError, TypeError) as error:
             report_error(error)
             return None
+
+    def export_model(self, path=None):
+        """Export the current model as a bioimage.io package in a worker; asks for a path when None. Returns the worker (or None)."""
+        try:
+            model = self.session.get_model()
+            path = path or ask_export_path(self, f"{model.name}.zip")
+            if not path:
+                return None
+            worker = start_export(
+                self.jobs,
+                model,
+                path,
+                on_yielded=self.controls.status.setText,
+                on_done=lambda written: self.controls.status.setText(f"Exported {model.name} for bioimage.io to {written}."),
+                on_finished=lambda: self.export_button.setEnabled(True),
+            )
+        except (OSError, ValueError, TypeError, UserError) as error:
+            report_error(error)
+            return None
+        self.export_button.setEnabled(False)
+        return worker
 
     def revert_model(self):
         """Go back to the bundled model."""

@@ -131,7 +131,7 @@ def _client(client, scheduler, workers, processes):
     threads = max(1, (os.cpu_count() or 1) // n_workers)
     kwargs = {"env": {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}} if processes else {}
     with (
-        LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=processes, dashboard_address=None, **kwargs) as cluster,
+        LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=processes, dashboard_address=":0", **kwargs) as cluster,
         Client(cluster) as local,
     ):
         yield local

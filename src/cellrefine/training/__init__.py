@@ -20,7 +20,7 @@ from __future__ import annotations
 from .augment import augment
 from .calibrate import CALIBRATION_GRID, calibrate_postprocess
 from .finetune import PHASES, FinetuneUpdate, finetune, iter_finetune
-from .inputs import Plane, collect_planes, reviewed_mask_from_labelled_planes
+from .inputs import LabelsWarning, Plane, collect_planes, looks_like_class_map, reviewed_mask_from_labelled_planes
 from .loop import Step, freeze_batchnorm, learning_rate_at, optimize, training_autocast_dtype
 from .losses import weighted_loss
 from .report import finetune_summary
@@ -37,6 +37,8 @@ __all__ = [
     "finetune_summary",
     "reviewed_mask_from_labelled_planes",
     "collect_planes",
+    "LabelsWarning",
+    "looks_like_class_map",
     "Plane",
     "prepare_sample",
     "prepare_samples",
