@@ -153,8 +153,9 @@ def test_a_failed_validation_leaves_the_previous_package(tmp_path, tiny_model, m
         raise ValueError("model.zip is not a valid bioimage.io package: (test)")
 
     monkeypatch.setattr(package, "validate_package", invalid)
+    monkeypatch.setattr(package, "spec_installed", lambda: True)  # the check itself is replaced: bioimageio.spec need not be installed
     with pytest.raises(ValueError, match="not a valid bioimage.io package"):
-        export_bioimageio(tiny_model, path, validate=True if package.spec_installed() else None)
+        export_bioimageio(tiny_model, path, validate=True)
     assert path.read_bytes() == b"previous" and [p.name for p in tmp_path.iterdir()] == ["model.zip"]
 
 
@@ -255,3 +256,12 @@ def test_cli_export_errors_are_one_line(tmp_path, monkeypatch, capsys, arguments
     err = capsys.readouterr().err
     assert err.startswith("cellrefine export: error:") and message in err and err.count("\n") == 1
     assert not (tmp_path / "x.zip").exists()
+
+
+def test_cli_export_test_needs_bioimageio_core(tmp_path, monkeypatch, capsys):
+    import cellrefine.export
+
+    monkeypatch.setattr(cellrefine.export, "core_installed", lambda: False)
+    assert main(["export", "-o", str(tmp_path / "x.zip"), "--test"]) == 1
+    assert "--test needs bioimageio.core: pip install 'napari-cellrefine[bioimageio]'" in capsys.readouterr().err
+    assert not (tmp_path / "x.zip").exists()  # refused before any work

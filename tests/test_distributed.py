@@ -247,3 +247,39 @@ def test_cli_run_killed_midway_resumes_with_an_identical_result(tmp_path):
     assert resumed >= finished  # every block whose counts were written is kept, not recomputed
     np.testing.assert_array_equal(_labels(tmp_path / "out.zarr"), _labels(tmp_path / "whole.zarr"))
     _assert_same_objects(cr.segment(image, cr.load_model(), axes="YX", device="cpu").instances, _labels(tmp_path / "out.zarr"))
+
+
+class CountingArray:
+    """A numpy array behind zarr-style indexing that counts the pixels read (chunked 256²)."""
+
+    def __init__(self, array):
+        self.array, self.shape, self.dtype, self.chunks, self.read = array, array.shape, array.dtype, (256, 256), 0
+
+    def __getitem__(self, key):
+        part = self.array[key]
+        self.read += part.size
+        return part
+
+
+def test_normalisation_range_of_a_big_array_reads_a_subsample_only():
+    from cellrefine.distributed.tasks import BlockSource, sample_range
+    from cellrefine.normalize import SAMPLE_PIXELS, percentile_range
+
+    rng = np.random.default_rng(0)
+    image = rng.gamma(2.0, 100.0, (3000, 3000)).astype(np.float32)  # 9 M pixels: more than SAMPLE_PIXELS
+    counting = CountingArray(image)
+    lo, hi = sample_range(BlockSource(axes="YX", array=counting), 1, 1.0, 99.8)
+    assert counting.read <= 1.1 * SAMPLE_PIXELS  # whole chunks, spread over the image, about SAMPLE_PIXELS of them
+    true_lo, true_hi = percentile_range(image.ravel(), 1.0, 99.8)
+    assert abs(lo - true_lo) < 0.05 * (true_hi - true_lo) and abs(hi - true_hi) < 0.05 * (true_hi - true_lo)
+    small = rng.random((100, 120)).astype(np.float32)  # up to SAMPLE_PIXELS: the whole array, the range of cr.segment
+    assert sample_range(BlockSource(axes="YX", array=small), 1, 1.0, 99.8) == percentile_range(small, 1.0, 99.8)
+
+
+def test_existing_scheduler_address_and_blank_image(tmp_path, client, pointwise_model):
+    image, _ = crossing_discs((96, 96), block=48, seed=9)
+    result = crd.segment(image, tmp_path / "a.zarr", pointwise_model, axes="YX", scheduler=client.scheduler.address, block_size=48, object_size=16)
+    assert result.n_objects == cr.segment(image, pointwise_model, axes="YX").instances.max() > 0
+    with pytest.warns(cr.BlankImageWarning, match="constant"):
+        blank = crd.segment(np.full((64, 64), 7, np.uint16), tmp_path / "b.zarr", pointwise_model, axes="YX", client=client, block_size=32)
+    assert blank.n_objects == 0 and not _labels(tmp_path / "b.zarr").any()

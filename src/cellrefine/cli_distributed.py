@@ -92,6 +92,14 @@ def _bar():
 def run_distributed(args) -> int:
     """``cellrefine segment … --distributed``: one zarr input, labels written as OME-Zarr; prints one summary line."""
     from . import load_model
+
+    try:
+        import distributed  # noqa: F401
+        import zarr  # noqa: F401
+    except ImportError as error:
+        raise CLIError(
+            f"--distributed needs dask.distributed and zarr ({error}); install them with: pip install 'napari-cellrefine[distributed]'"
+        ) from None
     from .distributed import segment
     from .inference import SegmentationCancelled
     from .postprocess import PostprocessSettings

@@ -58,7 +58,7 @@ def _read_test_image(path: str):
 def cmd_export(args) -> int:
     """Run ``cellrefine export`` with the parsed ``args``; returns the exit status."""
     from . import load_model
-    from .export import export_bioimageio, run_test_model, spec_installed
+    from .export import core_installed, export_bioimageio, run_test_model, spec_installed
     from .files import check_writable
     from .model.io import BUNDLED_MODEL
 
@@ -66,6 +66,8 @@ def cmd_export(args) -> int:
     if output.suffix.lower() != ".zip":
         raise CLIError(f"-o {args.output}: a bioimage.io package is a .zip file; use {output.with_suffix('.zip').name!r}.")
     check_writable(output)
+    if args.test and not core_installed():
+        raise CLIError("--test needs bioimageio.core: pip install 'napari-cellrefine[bioimageio]' (or leave out --test).")
     test_image = _read_test_image(args.test_image) if args.test_image else None
     bundled = args.model in (None, BUNDLED_MODEL) and not (args.model and Path(args.model).exists())
     model = load_model(None if bundled else args.model)

@@ -118,6 +118,8 @@ class SegmentWidget(Panel):
         self.thresholds_label.setWordWrap(True)
         self.update_button = QPushButton("Update instances")
         self.update_button.setToolTip("Re-run only the watershed on the cached probabilities")
+        self.volume_button = QPushButton("Segment whole volume to zarr…")
+        self.volume_button.setToolTip("Segment block by block (dask) into OME-Zarr labels on disk, opened lazily; run again to resume")
         self.controls = JobControls(self.jobs, "Run", "Cancel", "Stop at the next tile; no layer is changed", "tiles", "Cancelling…")
         self.review = ReviewPanel(napari_viewer, self.session, self.image_combo.current_layer)
         self._debounce = QTimer(self)
@@ -127,6 +129,7 @@ class SegmentWidget(Panel):
 
         self.controls.run_button.clicked.connect(self.run)
         self.update_button.clicked.connect(self.update_instances)
+        self.volume_button.clicked.connect(lambda: self.segment_volume())
         self._debounce.timeout.connect(self.update_instances)
         for name in POSTPROCESS_FIELDS:
             getattr(self, name).changed.connect(self._on_parameter_changed)
@@ -167,7 +170,7 @@ class SegmentWidget(Panel):
         review = QGroupBox("Review next")
         box = QVBoxLayout(review)
         box.addWidget(self.review)
-        self.set_sections([inputs, model, post, self.controls, review])
+        self.set_sections([inputs, model, post, self.controls, self.volume_button, review])
 
     # -- state -------------------------------------------------------------------------
     @property
@@ -266,6 +269,12 @@ class SegmentWidget(Panel):
         self.controls.status.setText(f"Segmenting {request.image_layer.name!r}{where}…")
         self.jobs.watch(worker, on_finished=self._on_finished)
         return worker
+
+    def segment_volume(self, output: str | None = None):
+        """What "Segment whole volume to zarr…" does (see :mod:`.zarr_job`); returns the worker (None if not started)."""
+        from .zarr_job import start_volume_job
+
+        return start_volume_job(self, output)
 
     def cancel(self) -> None:
         """Stop the running segmentation at the next tile (no layers are written)."""

@@ -5,7 +5,6 @@ See :mod:`cellrefine.distributed` for the method.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
@@ -20,6 +19,7 @@ from ..inference import SegmentationCancelled
 from ..progress import run_to_end
 from ..zarr_io import DEFAULT_LABEL_NAME, finish_labels, open_zarr
 from .blocks import BlockGrid, plan_blocks
+from .cluster import completed, open_client
 from .store import MANIFEST_KEY, merge_pairs, output_layout, prepare_store, run_parameters, set_status, write_mapping
 from .tasks import WORK_GROUP, BlockOptions, BlockSource, block_pairs, relabel_block, sample_range, segment_block
 
@@ -107,34 +107,11 @@ def _source(source, axes: str | None):
         dataset = "/".join(part for part in (image.group or "", image.levels[0]) if part)
         scale = {} if image.scale is None else dict(zip(axes, image.scale))
         ngff_image = None if image.group is None else "/".join(part for part in (image.path.rstrip("/"), image.group) if part)
-        return BlockSource(axes=axes, path=image.path, dataset=dataset), image.shape, axes, scale, ngff_image, f"{image.path}:{dataset}"
+        path = image.path if "://" in image.path else os.path.abspath(image.path)  # workers may run elsewhere
+        return BlockSource(axes=axes, path=path, dataset=dataset), image.shape, axes, scale, ngff_image, f"{path}:{dataset}"
     image = check_image(source)
     axes = check_axes(image.shape, axes)
     return BlockSource(axes=axes, array=image), tuple(int(n) for n in image.shape), axes, {}, None, type(image).__name__
-
-
-@contextlib.contextmanager
-def _client(client, scheduler, workers, processes):
-    """The dask client to use: ``client``, one connected to ``scheduler``, or a new LocalCluster (closed afterwards)."""
-    if client is not None:
-        yield client
-        return
-    try:
-        from distributed import Client, LocalCluster
-    except ImportError as error:  # pragma: no cover - distributed is a dependency
-        raise ImportError("distributed segmentation needs dask.distributed: pip install 'dask[distributed]'") from error
-    if scheduler is not None:
-        with Client(scheduler) as connected:
-            yield connected
-        return
-    n_workers = int(workers or 1)
-    threads = max(1, (os.cpu_count() or 1) // n_workers)
-    kwargs = {"env": {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}} if processes else {}
-    with (
-        LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=processes, dashboard_address=":0", **kwargs) as cluster,
-        Client(cluster) as local,
-    ):
-        yield local
 
 
 def _check_options(workers, block_size, skip_blank, overwrite, keep_work) -> None:
@@ -172,8 +149,6 @@ def iter_segment(
 
     Closing it cancels the blocks still queued (finished blocks stay written, so a rerun resumes).
     """
-    from distributed import as_completed
-
     from ..files import check_writable
     from ..model.io import Model, load_model
     from ..normalize import BlankImageWarning
@@ -196,15 +171,15 @@ def iter_segment(
     n_c, in_channels = sizes.get("C", 1), model.network.in_channels
     if n_c != in_channels and in_channels != 1:
         raise ValueError(f"the model expects {in_channels} channels but the image has {n_c} (axes {axes!r}); pick a matching model or channels.")
-    output = str(output) if "://" in str(output) else str(check_writable(output, folder=True))
+    output = str(output) if "://" in str(output) else str(check_writable(output, folder=True).absolute())  # workers may run elsewhere
     grid = plan_blocks(tuple(sizes.get(a, 1) for a in "TZYX"), block_size, object_size, model.network.halo, model.network.grid)
     n_blocks = len(grid)
     out_axes = output_layout(grid)[0]
     norm = model.config.get("normalization", {})
     low, high = float(norm.get("low_percentile", 1.0)), float(norm.get("high_percentile", 99.8))
     seconds = {}
-    futures = []
-    with _client(client, scheduler, workers, processes) as dask_client:
+    live = set()
+    with open_client(client, scheduler, workers, processes) as dask_client:
         try:
             source_future = dask_client.scatter(spec, broadcast=True, hash=False)
             lo, hi = dask_client.submit(sample_range, source_future, in_channels, low, high, pure=False).result()
@@ -229,16 +204,12 @@ def iter_segment(
             if pending:
                 options = BlockOptions(lo, hi, in_channels, settings, device, tile_size, batch_size, precision, bool(skip_blank))
                 model_future = dask_client.scatter(model, broadcast=True, hash=False)  # shipped once per worker
-                futures = [
-                    dask_client.submit(segment_block, source_future, model_future, grid, k, options, output, name, pure=False) for k in pending
-                ]
-                for future in as_completed(futures):
-                    future.result()
+                calls = ((source_future, model_future, grid, k, options, output, name) for k in pending)
+                for _ in completed(dask_client, segment_block, calls, live):
                     done += 1
                     yield DistributedProgress(
                         done, total, "segmenting", n_blocks, resumed, time.perf_counter() - started, f"segmented block {done} of {n_blocks}"
                     )
-                futures = []
                 counts = work["counts"][:]
             seconds["segmenting"] = time.perf_counter() - phase_started
             phase_started = time.perf_counter()
@@ -246,15 +217,14 @@ def iter_segment(
             offsets = np.concatenate([[0], np.cumsum(k_core)])
             if status in ("segmenting", "merging"):
                 set_status(area, "merging")
-                futures = [dask_client.submit(block_pairs, grid, k, counts, output, name, pure=False) for k in range(n_blocks)]
+                counts_future = dask_client.scatter(counts, broadcast=True, hash=False)
                 rows = []
-                for future in as_completed(futures):
-                    rows.append(future.result())
+                for found in completed(dask_client, block_pairs, ((grid, k, counts_future, output, name) for k in range(n_blocks)), live):
+                    rows.append(found)
                     done += 1
                     yield DistributedProgress(
                         done, total, "merging", n_blocks, resumed, time.perf_counter() - started, "merging objects across blocks"
                     )
-                futures = []
                 rows = np.concatenate(rows) if rows else np.zeros((0, 4), np.int64)
                 pairs = np.stack([offsets[rows[:, 0]] + rows[:, 1] - 1, offsets[rows[:, 2]] + rows[:, 3] - 1], axis=1) if len(rows) else rows[:, :2]
                 mapping = merge_pairs(int(offsets[-1]), pairs)
@@ -268,12 +238,10 @@ def iter_segment(
             written = work["written"][:]
             todo = [k for k in range(n_blocks) if not written[k]]
             done += n_blocks - len(todo)
-            futures = [dask_client.submit(relabel_block, grid, k, int(k_core[k]), int(offsets[k]), output, name, out_axes, pure=False) for k in todo]
-            for future in as_completed(futures):
-                future.result()
+            calls = ((grid, k, int(k_core[k]), int(offsets[k]), output, name, out_axes) for k in todo)
+            for _ in completed(dask_client, relabel_block, calls, live):
                 done += 1
                 yield DistributedProgress(done, total, "relabelling", n_blocks, resumed, time.perf_counter() - started, "writing final labels")
-            futures = []
             seconds["relabelling"] = time.perf_counter() - phase_started
             manifest = dict(area.group.attrs)[MANIFEST_KEY]
             blank = int((counts[:, 2] == 1).sum())
@@ -284,8 +252,8 @@ def iter_segment(
                 del area.group[WORK_GROUP]
             return _result(output, name, area, grid, out_axes, n_blocks - resumed, resumed, seconds, started, blank)
         finally:
-            if futures:
-                dask_client.cancel(futures)
+            if live:
+                dask_client.cancel(list(live))
 
 
 def _result(output, name, area, grid, out_axes, computed, resumed, seconds, started, blank=None) -> DistributedResult:

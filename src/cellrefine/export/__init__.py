@@ -10,16 +10,8 @@ without CellRefine; :func:`cellrefine.load_model` reads such a package back
 Importing this module imports neither torch nor bioimageio.
 """
 
-from .package import (
-    ARCHITECTURE_CALLABLE,
-    CELLREFINE_FILE,
-    default_test_image,
-    export_bioimageio,
-    read_cellrefine_package,
-    run_test_model,
-    spec_installed,
-    validate_package,
-)
+from .checks import core_installed, run_test_model, spec_installed, validate_package
+from .package import ARCHITECTURE_CALLABLE, CELLREFINE_FILE, default_test_image, export_bioimageio, read_cellrefine_package
 
 __all__ = [
     "export_bioimageio",
@@ -28,6 +20,7 @@ __all__ = [
     "run_test_model",
     "default_test_image",
     "spec_installed",
+    "core_installed",
     "CELLREFINE_FILE",
     "ARCHITECTURE_CALLABLE",
 ]

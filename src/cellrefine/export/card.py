@@ -99,7 +99,7 @@ def package_readme(
         f"norm `{arch['norm']}`, {arch['in_channels']} input / {arch['out_channels']} output channels; {parameters:,} parameters |",
         f"| input `{TENSOR_INPUT}` | (batch, channel=1, y, x) float32; y and x: {size_rule[0]} + k × {size_rule[1]} px; "
         f"preprocessing `scale_range`: percentiles {low:g} / {high:g} of each image map to 0 / 1 (CellRefine's normalisation) |",
-        f"| output `{TENSOR_OUTPUT}` | (batch, {classes}, y, x) float32 probabilities (softmax over channels); tile halo {halo} px per side |",
+        f"| output `{TENSOR_OUTPUT}` | (batch, channel = {classes}, y, x) float32 probabilities (softmax over channels); tile halo {halo} px per side |",
         "| instances (CellRefine) | " + ", ".join(f"{key.replace('_', ' ')} {value}" for key, value in sorted(post.items())) + " |",
         f"| weights | `pytorch_state_dict` (architecture source in the package) and a TorchScript copy; licence {license} |",
         f"| test data | input {tuple(test_shape)} and the expected output, reproduced by `bioimageio.core`'s `test_model` |",
@@ -117,14 +117,15 @@ def package_readme(
     out += ["", "## Validation", ""]
     train = next((r for r in records if r.get("kind") == "train"), None)
     published = BUNDLED_VALIDATION.get(str((train or {}).get("date")))
+    tuned = any(r.get("kind") == "finetune" for r in records)
     if published:
-        out.append(f"- {published}")
-    if any(r.get("kind") == "finetune" for r in records):
+        out.append(f"- {'Before fine-tuning: ' if tuned else ''}{published}")
+    if tuned:
         out.append(
             "- Fine-tune figures above are measured on the user's reviewed pixels (training data), not on held-out data: "
             "check the model on images it was not tuned on before relying on it."
         )
-    if not published and not any(r.get("kind") == "finetune" for r in records):
+    if not published and not tuned:
         out.append("- No validation figures are recorded for this model.")
     out += [
         "- To check it on your data: compare its instances (CellRefine) or thresholded probabilities with manual annotations "
@@ -139,7 +140,7 @@ def package_readme(
         "",
         "## Licence and citations",
         "",
-        f"Weights: {license}" + (f" ({config['license']})" if config.get("license") else "") + ".",
+        f"Licence of the weights in this package: {license}." + (f" The model's own note: {config['license']}." if config.get("license") else ""),
         "",
         *(f"- {entry['text']} doi:{entry['doi']}" for entry in CITATIONS),
         "",

@@ -6,6 +6,7 @@ import copy
 import hashlib
 import io
 import logging
+import time
 import warnings
 import zipfile
 from importlib import resources
@@ -14,16 +15,14 @@ from pathlib import Path
 import numpy as np
 
 from ..model.config import ModelFileError
+from .checks import spec_installed, validate_package
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "export_bioimageio",
     "read_cellrefine_package",
-    "validate_package",
-    "run_test_model",
     "default_test_image",
-    "spec_installed",
     "CELLREFINE_FILE",
     "ARCHITECTURE_CALLABLE",
 ]
@@ -269,9 +268,10 @@ def export_bioimageio(model, path, *, test_image=None, authors=None, license: st
     rdf_text = "# bioimage.io model description written by CellRefine (cellrefine export)\n" + to_yaml(rdf) + "\n"
     with atomic_write(path, make_parents=True) as temp:
         with zipfile.ZipFile(temp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-            archive.writestr("rdf.yaml", rdf_text)
-            for name, data in contents.items():
-                archive.writestr(name, data)
+            for name, data in {"rdf.yaml": rdf_text.encode(), **contents}.items():
+                member = zipfile.ZipInfo(name, date_time=time.localtime()[:6])
+                member.external_attr, member.compress_type = 0o644 << 16, zipfile.ZIP_DEFLATED  # readable by all once unpacked
+                archive.writestr(member, data)
         if validate is not False and (validate or spec_installed()):
             validate_package(temp)
     logger.info("exported %s as a bioimage.io package to %s", model.name, path)
@@ -302,65 +302,6 @@ def _authors(authors) -> list:
         else:
             raise ValueError(f"each author must be a non-empty name or a dict with a 'name', got {author!r}.")
     return result
-
-
-def spec_installed() -> bool:
-    """Whether ``bioimageio.spec`` is installed (then :func:`export_bioimageio` validates by default)."""
-    import importlib.util
-
-    return importlib.util.find_spec("bioimageio") is not None and importlib.util.find_spec("bioimageio.spec") is not None
-
-
-def _import_spec():
-    try:
-        import bioimageio.spec
-    except ImportError as error:
-        raise ImportError("checking a bioimage.io package needs bioimageio.spec: pip install 'napari-cellrefine[bioimageio]'") from error
-    return bioimageio.spec
-
-
-def validate_package(path) -> str:
-    """Validate a package with ``bioimageio.spec`` (format and files, no model run); returns its status ('valid-format').
-
-    Raises
-    ------
-    ValueError
-        The package is invalid; the message lists the errors.
-    ImportError
-        ``bioimageio.spec`` is not installed.
-    """
-    spec = _import_spec()
-    description = spec.load_description(str(path), perform_io_checks=True)
-    summary = description.validation_summary
-    if summary.status not in ("valid-format", "passed"):
-        raise ValueError(f"{Path(path).name} is not a valid bioimage.io package: {_errors(summary)}")
-    return summary.status
-
-
-def run_test_model(path, devices=None) -> dict:
-    """Run ``bioimageio.core``'s ``test_model`` on a package (reproduces the test output with every weight format).
-
-    Returns
-    -------
-    dict
-        ``status`` ('passed' or 'failed') and ``details`` (list of ``(name, status)``).
-
-    Raises
-    ------
-    ImportError
-        ``bioimageio.core`` is not installed.
-    """
-    try:
-        from bioimageio.core import test_model
-    except ImportError as error:
-        raise ImportError("testing a bioimage.io package needs bioimageio.core: pip install 'napari-cellrefine[bioimageio]'") from error
-    summary = test_model(str(path), devices=devices)
-    return {"status": summary.status, "details": [(d.name, d.status) for d in summary.details], "errors": _errors(summary)}
-
-
-def _errors(summary) -> str:
-    errors = [f"{'.'.join(map(str, error.loc))}: {error.msg}" for detail in summary.details for error in detail.errors]
-    return "; ".join(errors) or "no error details"
 
 
 def read_cellrefine_package(path) -> bytes:
