@@ -283,3 +283,25 @@ def test_existing_scheduler_address_and_blank_image(tmp_path, client, pointwise_
     with pytest.warns(cr.BlankImageWarning, match="constant"):
         blank = crd.segment(np.full((64, 64), 7, np.uint16), tmp_path / "b.zarr", pointwise_model, axes="YX", client=client, block_size=32)
     assert blank.n_objects == 0 and not _labels(tmp_path / "b.zarr").any()
+
+
+def test_cli_refuses_what_it_cannot_do_with_one_line(tmp_path, capsys):
+    from cellrefine.cli import main
+
+    source = _write_zarr(tmp_path / "in.zarr", np.zeros((32, 32), np.float32), (32, 32))
+    cases = [
+        ([str(source), "-o", str(tmp_path / "o.zarr")], "is a zarr store: add --distributed"),
+        ([str(tmp_path / "x.tif"), "--workers", "2"], "--workers only apply with --distributed"),
+        ([str(source), "--distributed", "--workers", "2", "--scheduler", "tcp://localhost:1"], "not both"),
+        ([str(source), str(source), "--distributed"], "exactly one"),
+        ([str(source), "--distributed", "--semantic"], "--semantic is not available with --distributed"),
+        ([str(tmp_path / "missing.zarr"), "--distributed"], "no zarr array or group"),
+    ]
+    for arguments, message in cases:
+        assert main(["segment", *arguments]) == 1
+        error = capsys.readouterr().err
+        assert message in error and error.count("\n") == 1, error
+    from cellrefine.cli_distributed import default_output
+
+    assert default_output("/data/volume.zarr", False, "cells") == "/data/volume_labels.zarr"
+    assert default_output("/data/volume.ome.zarr", True, "cells") == "/data/volume.ome.zarr"

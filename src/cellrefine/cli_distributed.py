@@ -153,7 +153,7 @@ def run_distributed(args) -> int:
             bar.close()
     where = f"scheduler {args.scheduler}" if args.scheduler else f"{args.workers or 1} local worker(s)"
     print(  # noqa: T201 - the command line's summary line
-        f"{Path(source).name}: shape {image.shape} axes {image.axes or args.axes or 'inferred'} -> {result.n_objects} objects; "
+        f"{Path(source).name}: shape {image.shape} -> {result.n_objects} objects, labels {result.shape} axes {result.axes}; "
         f"{result.blocks} blocks ({result.computed} segmented, resumed {result.resumed}, blank {result.blank}) on {where} "
         f"in {result.seconds['total']:.1f} s; wrote {result.labels_path}",
         flush=True,

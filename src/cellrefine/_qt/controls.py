@@ -4,12 +4,38 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from qtpy.QtWidgets import QComboBox
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import QComboBox, QLabel, QPushButton, QVBoxLayout, QWidget
 
 if TYPE_CHECKING:
     import napari
 
-__all__ = ["LayerCombo", "ask_model_path", "ask_save_path", "ask_labels_path"]
+__all__ = ["LayerCombo", "ask_model_path", "ask_save_path", "ask_labels_path", "wrapped_label", "button", "stacked"]
+
+
+def wrapped_label(text: str = "", selectable: bool = False) -> QLabel:
+    """A word-wrapped label (text selectable with the mouse when ``selectable``)."""
+    label = QLabel(text)
+    label.setWordWrap(True)
+    if selectable:
+        label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+    return label
+
+
+def button(text: str, tooltip: str) -> QPushButton:
+    """A push button with its tooltip."""
+    widget = QPushButton(text)
+    widget.setToolTip(tooltip)
+    return widget
+
+
+def stacked(owner: QWidget, *widgets: QWidget) -> QVBoxLayout:
+    """A margin-free vertical layout of ``owner`` holding ``widgets`` in order."""
+    layout = QVBoxLayout(owner)
+    layout.setContentsMargins(0, 0, 0, 0)
+    for widget in widgets:
+        layout.addWidget(widget)
+    return layout
 
 
 class LayerCombo(QComboBox):

@@ -7,9 +7,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from qtpy.QtCore import QTimer
-from qtpy.QtWidgets import QFormLayout, QHBoxLayout, QLabel, QPushButton, QWidget
+from qtpy.QtWidgets import QFormLayout, QHBoxLayout, QWidget
 
-from .controls import LayerCombo
+from .controls import LayerCombo, button, wrapped_label
 from .layers import current_plane
 from .workers import UserError, report_error
 
@@ -71,12 +71,13 @@ class CorrectionsPanel(QWidget):
         self._labels_getter = labels_getter
         self._events = events if events is not None else EventConnections()
         self._watched = None
-        self.summary = QLabel()
-        self.summary.setWordWrap(True)
-        self.mark_slice_button = QPushButton("Mark current slice reviewed")
-        self.mark_slice_button.setToolTip("Everything on this slice is correct: train on all of it (including background)")
-        self.mark_shapes_button = QPushButton("Mark shapes as reviewed")
-        self.mark_shapes_button.setToolTip("Train on the areas of the rectangles/polygons/ellipses of the Shapes layer (current slice)")
+        self.summary = wrapped_label()
+        self.mark_slice_button = button(
+            "Mark current slice reviewed", "Everything on this slice is correct: train on all of it (including background)"
+        )
+        self.mark_shapes_button = button(
+            "Mark shapes as reviewed", "Train on the areas of the rectangles/polygons/ellipses of the Shapes layer (current slice)"
+        )
         self.shapes_combo = LayerCombo(viewer, Shapes, "(no shapes layer)", events=self._events)
         layout = QFormLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QComboBox, QLabel, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QComboBox, QWidget
 
-from .controls import ask_model_path
+from .controls import ask_model_path, stacked, wrapped_label
 from .recent import load_recent_models
 from .workers import report_error
 
@@ -29,13 +29,8 @@ class ModelPicker(QWidget):
         self.session = session
         self.combo = QComboBox()
         self.combo.setToolTip("Model used by Run; fine-tuning starts from it too")
-        self.description = QLabel()
-        self.description.setWordWrap(True)
-        self.description.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(0, 0, 0, 0)
-        layout.addWidget(self.combo)
-        layout.addWidget(self.description)
+        self.description = wrapped_label(selectable=True)
+        stacked(self, self.combo, self.description)
         self.combo.activated.connect(self._on_activated)
         session.model_changed.connect(self.refresh)
         self.refresh()

@@ -13,7 +13,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QAbstractItemView, QHeaderView, QLabel, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QAbstractItemView, QHeaderView, QTableWidget, QTableWidgetItem, QWidget
+
+from .controls import stacked, wrapped_label
 
 if TYPE_CHECKING:
     import napari
@@ -73,8 +75,7 @@ class ReviewPanel(QWidget):
         self._image_getter = image_getter
         self._ranking: list = []
         self._layer = None
-        self.summary = QLabel("Segment an image to list the objects most likely wrong.")
-        self.summary.setWordWrap(True)
+        self.summary = wrapped_label("Segment an image to list the objects most likely wrong.")
         self.table = QTableWidget(0, len(COLUMNS))
         self.table.setHorizontalHeaderLabels(COLUMNS)
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
@@ -84,10 +85,7 @@ class ReviewPanel(QWidget):
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
         self.table.setMinimumHeight(140)
         self.table.setToolTip("Click an object to go there; click a column title to sort by it")
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(0, 0, 0, 0)
-        layout.addWidget(self.summary)
-        layout.addWidget(self.table)
+        stacked(self, self.summary, self.table)
         self.table.cellClicked.connect(self._on_clicked)
         session.results_changed.connect(self.refresh)
 

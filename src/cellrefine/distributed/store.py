@@ -109,11 +109,12 @@ def prepare_store(output: str, name: str, grid: BlockGrid, parameters: dict, zar
             ("written", (n,), (1,), "uint8", 0),
         ):
             if key not in work:
-                create_array(work, key, shape, chunks, dtype, fill)
+                _create_array(work, key, shape, chunks, dtype, fill)
     return status, WorkArea(output, name)
 
 
-def create_array(group, key: str, shape: tuple, chunks: tuple, dtype, fill):
+def _create_array(group, key: str, shape: tuple, chunks: tuple, dtype, fill):
+    """A new array ``key`` of ``group`` (zarr 3 ``create_array``, zarr 2 ``create_dataset``)."""
     if hasattr(group, "create_array"):
         return group.create_array(key, shape=shape, chunks=chunks, dtype=dtype, fill_value=fill)
     return group.create_dataset(key, shape=shape, chunks=chunks, dtype=dtype, fill_value=fill)  # pragma: no cover - zarr 2
@@ -129,17 +130,15 @@ def output_layout(grid: BlockGrid) -> tuple:
 
 
 def set_status(area: WorkArea, status: str, **extra) -> None:
+    """Record the run's phase (and ``extra`` figures) in the manifest (driver only)."""
     manifest = dict(area.group.attrs)[MANIFEST_KEY]
     area.group.attrs.update({MANIFEST_KEY: {**manifest, "status": status, **extra}})
 
 
 def write_mapping(work, mapping: np.ndarray) -> None:
+    """Store the final id of every provisional label (``work/mapping``, chunks of 2**20) for the relabel pass."""
     if "mapping" in work:
         del work["mapping"]
-    chunks = (max(1, min(len(mapping), 1 << 20)),)
-    if hasattr(work, "create_array"):
-        array = work.create_array("mapping", shape=mapping.shape, chunks=chunks, dtype="uint32", fill_value=0)
-    else:  # pragma: no cover - zarr 2
-        array = work.create_dataset("mapping", shape=mapping.shape, chunks=chunks, dtype="uint32", fill_value=0)
+    array = _create_array(work, "mapping", mapping.shape, (max(1, min(len(mapping), 1 << 20)),), "uint32", 0)
     if mapping.size:
         array[:] = mapping

@@ -92,13 +92,23 @@ def check_thresholds(thresholds) -> list[float]:
     """A number or a non-empty sequence of IoU thresholds as a list of floats in [0, 1]."""
     if isinstance(thresholds, Real):
         thresholds = [thresholds]
-    try:
-        values = list(thresholds)
-    except TypeError:
-        raise TypeError(f"thresholds must be a sequence of numbers in [0, 1], got {thresholds!r}.") from None
-    if not values:
-        raise ValueError("thresholds must contain at least one IoU threshold, e.g. (0.5, 0.75).")
+    values = nonempty_list(
+        thresholds,
+        f"thresholds must be a sequence of numbers in [0, 1], got {thresholds!r}.",
+        "thresholds must contain at least one IoU threshold, e.g. (0.5, 0.75).",
+    )
     return [check_threshold(t) for t in values]
+
+
+def nonempty_list(values, type_message: str, empty_message: str) -> list:
+    """``list(values)``; TypeError(``type_message``) when not iterable, ValueError(``empty_message``) when empty."""
+    try:
+        items = list(values)
+    except TypeError:
+        raise TypeError(type_message) from None
+    if not items:
+        raise ValueError(empty_message)
+    return items
 
 
 # --------------------------------------------------------------------------- overlap table

@@ -13,6 +13,7 @@ from .matching import (
     check_thresholds,
     match_at,
     merges_and_splits,
+    nonempty_list,
     overlap_table,
     scores_from_counts,
 )
@@ -220,12 +221,11 @@ def aggregate(scores) -> dict:
     """
     if isinstance(scores, dict):
         raise TypeError("aggregate expects a list of object_scores results, got a single dict; wrap it in a list.")
-    try:
-        scores = list(scores)
-    except TypeError:
-        raise TypeError(f"aggregate expects a list of object_scores results, got {type(scores).__name__}.") from None
-    if not scores:
-        raise ValueError("aggregate needs at least one object_scores result, got an empty list.")
+    scores = nonempty_list(
+        scores,
+        f"aggregate expects a list of object_scores results, got {type(scores).__name__}.",
+        "aggregate needs at least one object_scores result, got an empty list.",
+    )
     needed = ("thresholds",) + COUNT_KEYS + ("merges", "splits", "n_true", "n_pred")
     for i, item in enumerate(scores):
         if not isinstance(item, dict):
