@@ -17,6 +17,7 @@ single-process :func:`cellrefine.segment` (IoU >= 0.9, both ways). The merge
 from __future__ import annotations
 
 import argparse
+import datetime
 import os
 import resource
 import shutil
@@ -162,6 +163,7 @@ def main():
         result = {
             "machine": machine_info(),
             "image": {"shape": list(image.shape), "dtype": "uint16", "chunks": [512, 512], "block": args.block},
+            "when": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "other_cpu_load_before": load_before,
             "repeats": args.repeats,
             "other_cpu_load_after": other_cpu_load(),

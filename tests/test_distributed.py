@@ -305,3 +305,32 @@ def test_cli_refuses_what_it_cannot_do_with_one_line(tmp_path, capsys):
 
     assert default_output("/data/volume.zarr", False, "cells") == "/data/volume_labels.zarr"
     assert default_output("/data/volume.ome.zarr", True, "cells") == "/data/volume.ome.zarr"
+
+
+def test_zarr_v3_input_and_output(tmp_path, client, pointwise_model):
+    image, _ = crossing_discs((96, 96), block=48, seed=11)
+    source = _write_zarr(tmp_path / "in3.zarr", image, (48, 48), zarr_format=3)
+    result = crd.segment(source, tmp_path / "out3.zarr", pointwise_model, client=client, block_size=48, object_size=16, zarr_format=3)
+    labels = open_labels(tmp_path / "out3.zarr")
+    assert labels.zarr_format == 3 and labels.ngff_version == "0.5" and labels.axes == "YX"
+    _assert_same_objects(cr.segment(image, pointwise_model, axes="YX").instances, np.asarray(labels.array[...]))
+    assert result.n_objects == int(np.asarray(labels.array[...]).max())
+
+
+def test_pyramid_levels_for_viewers(tmp_path, client, pointwise_model):
+    image, _ = crossing_discs((96, 96), block=48, seed=12)
+    result = crd.segment(image, tmp_path / "p.zarr", pointwise_model, axes="YX", client=client, block_size=48, object_size=16, pyramid_levels=2)
+    group = zarr.open_group(str(tmp_path / "p.zarr" / "labels" / "cells"), mode="r")
+    datasets = group.attrs["multiscales"][0]["datasets"]
+    assert [d["path"] for d in datasets] == ["0", "1", "2"]
+    assert [d["coordinateTransformations"][0]["scale"] for d in datasets] == [[1.0, 1.0], [2.0, 2.0], [4.0, 4.0]]
+    full = np.asarray(group["0"][...])
+    np.testing.assert_array_equal(group["1"][...], full[::2, ::2])  # ids are never averaged
+    np.testing.assert_array_equal(group["2"][...], full[::4, ::4])
+    assert result.seconds["pyramid"] >= 0 and open_labels(tmp_path / "p.zarr").levels == ["0", "1", "2"]
+    with pytest.raises(ValueError, match="pyramid_levels must be"):
+        crd.segment(image, tmp_path / "q.zarr", pointwise_model, axes="YX", client=client, pyramid_levels=-1)
+    assert crd.plan_blocks((1, 1, 96, 96)).block == (1, 1024, 1024)
+    from cellrefine.distributed.pyramid import pyramid_levels
+
+    assert pyramid_levels(None, 1000, 900) == 0 and pyramid_levels(None, 1025, 10) == 1 and pyramid_levels(None, 100_000, 100_000) == 7

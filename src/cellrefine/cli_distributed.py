@@ -23,6 +23,21 @@ from .cli_files import CLIError
 __all__ = ["add_distributed_options", "wants_distributed", "run_distributed", "default_output"]
 
 
+#: distributed.segment keyword <- command-line attribute
+_SEGMENT_OPTIONS = (
+    ("axes", "axes"),
+    ("name", "label_name"),
+    ("scheduler", "scheduler"),
+    ("workers", "workers"),
+    ("block_size", "block_size"),
+    ("object_size", "object_size"),
+    ("device", "device"),
+    ("skip_blank", "skip_blank"),
+    ("zarr_format", "zarr_format"),
+    ("overwrite", "overwrite"),
+)
+
+
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -129,23 +144,8 @@ def run_distributed(args) -> int:
     settings = PostprocessSettings(**{**model.config.get("postprocess", {}), **given}).validate()
     bar = _bar()
     try:
-        result = segment(
-            source,
-            output,
-            model,
-            axes=args.axes,
-            name=args.label_name,
-            scheduler=args.scheduler,
-            workers=args.workers,
-            block_size=args.block_size,
-            object_size=args.object_size,
-            device=args.device,
-            postprocess=settings,
-            skip_blank=args.skip_blank,
-            zarr_format=args.zarr_format,
-            overwrite=args.overwrite,
-            progress=bar,
-        )
+        options = {name: getattr(args, attribute) for name, attribute in _SEGMENT_OPTIONS}
+        result = segment(source, output, model, postprocess=settings, progress=bar, **options)
     except SegmentationCancelled as error:  # pragma: no cover - the CLI never cancels; Ctrl-C is KeyboardInterrupt
         raise CLIError(str(error)) from error
     finally:

@@ -29,7 +29,7 @@ from .progress import Cancelled, run_to_end
 from .reader import PlaneReader, check_image
 from .tiling import check_batch_size, check_tile_size, default_batch_size, default_tile_size, inference_network, predict_planes, tile_layout
 
-__all__ = ["Segmentation", "SegmentProgress", "SegmentationCancelled", "iter_segment", "segment", "check_planes"]
+__all__ = ["Segmentation", "SegmentProgress", "SegmentationCancelled", "iter_segment", "segment", "check_planes", "model_and_postprocess"]
 
 
 class SegmentationCancelled(Cancelled):
@@ -172,7 +172,6 @@ def iter_segment(
     See :func:`cellrefine.segment` for the other parameters.
     """
     from .device import inference_dtypes, resolve_device
-    from .model.io import Model, load_model
 
     image = check_image(image)
     axes = check_axes(image.shape, axes)
@@ -180,15 +179,7 @@ def iter_segment(
     for name, value in (("return_probabilities", return_probabilities), ("overlap_postprocess", overlap_postprocess)):
         if not isinstance(value, (bool, np.bool_)):
             raise TypeError(f"{name} must be True or False, got {value!r}.")
-    if model is None:
-        model = load_model()
-    if not isinstance(model, Model):
-        raise TypeError(f"model must be a cellrefine Model (from cellrefine.load_model), got {type(model).__name__}.")
-    if isinstance(postprocess, dict):
-        postprocess = PostprocessSettings(**postprocess)
-    elif postprocess is not None and not isinstance(postprocess, PostprocessSettings):
-        raise TypeError(f"postprocess must be a PostprocessSettings, a dict of its fields or None, got {type(postprocess).__name__}.")
-    settings = (postprocess or PostprocessSettings(**model.config.get("postprocess", {}))).validate()
+    model, settings = model_and_postprocess(model, postprocess)
     torch_device = resolve_device(device)
     inference_dtypes(torch_device, precision)  # validates precision before any work
     tile_size = tile_size or default_tile_size(torch_device)
@@ -319,3 +310,36 @@ def segment(image, model=None, axes: str | None = None, device="auto", progress=
     """
     generator = iter_segment(image, model, axes, device, **kwargs)
     return run_to_end(generator, progress, cancelled=SegmentationCancelled, message="segmentation cancelled after {done} of {total} tiles.")
+
+
+def model_and_postprocess(model=None, postprocess=None):
+    """The model to run (the bundled one when None) and its validated post-processing settings.
+
+    Parameters
+    ----------
+    model : Model or None
+    postprocess : PostprocessSettings, dict of its fields, or None
+        None: the model's own settings (``model.config["postprocess"]``).
+
+    Returns
+    -------
+    (Model, PostprocessSettings)
+
+    Raises
+    ------
+    TypeError
+        ``model`` is not a cellrefine Model, or ``postprocess`` has the wrong type.
+    ValueError
+        An invalid post-processing value.
+    """
+    from .model.io import Model, load_model
+
+    if model is None:
+        model = load_model()
+    if not isinstance(model, Model):
+        raise TypeError(f"model must be a cellrefine Model (from cellrefine.load_model), got {type(model).__name__}.")
+    if isinstance(postprocess, dict):
+        postprocess = PostprocessSettings(**postprocess)
+    elif postprocess is not None and not isinstance(postprocess, PostprocessSettings):
+        raise TypeError(f"postprocess must be a PostprocessSettings, a dict of its fields or None, got {type(postprocess).__name__}.")
+    return model, (postprocess or PostprocessSettings(**model.config.get("postprocess", {}))).validate()

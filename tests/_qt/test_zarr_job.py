@@ -94,3 +94,25 @@ def test_labels_layer_data_follows_the_image_axes():
     assert zarr_job.labels_layer_data(labels, "ZYX", "ZCYX").shape == (4, 5, 6)
     assert zarr_job.labels_layer_data(labels[0], "YX", "ZYX").shape == (1, 5, 6)  # a length-1 Z dropped by the writer, put back
     assert zarr_job.labels_layer_data(labels, "ZYX", "YXZ").shape == (5, 6, 4)
+
+
+def test_stop_keeps_finished_blocks_and_running_again_resumes(qtbot, make_napari_viewer, pointwise_model, tmp_path, synchronous_dask):
+    viewer = make_napari_viewer()
+    get_session(viewer).set_model(pointwise_model)
+    viewer.add_image(np.tile(_discs(), (2, 2)), name="big")  # 320², 25 blocks of 64 px
+    widget = SegmentWidget(viewer)
+    output = str(tmp_path / "big.zarr")
+
+    worker = zarr_job.start_volume_job(widget, output, block_size=64, pyramid_levels=1)
+    with qtbot.waitSignal(worker.yielded, timeout=60_000):  # the first block is done
+        pass
+    widget.controls.stop()
+    finish(qtbot, worker, timeout=60_000)
+    assert widget.controls.progress.format() == "cancelled" and "big cells" not in viewer.layers
+
+    worker = zarr_job.start_volume_job(widget, output, block_size=64, pyramid_levels=1)
+    finish(qtbot, worker, timeout=120_000)
+    resumed = int(widget.controls.status.text().split("(")[1].split()[0])
+    assert 1 <= resumed < 25
+    layer = viewer.layers["big cells"]
+    assert layer.multiscale and [level.shape for level in layer.data] == [(320, 320), (160, 160)]  # lazy, with its pyramid

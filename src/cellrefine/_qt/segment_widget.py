@@ -270,11 +270,11 @@ class SegmentWidget(Panel):
         self.jobs.watch(worker, on_finished=self._on_finished)
         return worker
 
-    def segment_volume(self, output: str | None = None):
+    def segment_volume(self, output: str | None = None, block_size=None):
         """What "Segment whole volume to zarr…" does (see :mod:`.zarr_job`); returns the worker (None if not started)."""
         from .zarr_job import start_volume_job
 
-        return start_volume_job(self, output)
+        return start_volume_job(self, output, block_size)
 
     def cancel(self) -> None:
         """Stop the running segmentation at the next tile (no layers are written)."""

@@ -99,14 +99,25 @@ def ask_output_path(parent, suggestion: str) -> str | None:
     return path if path.lower().endswith(".zarr") else f"{path}.zarr"
 
 
-def volume_job(source, output: str, model, axes: str, settings, device: str):
+def volume_job(source, output: str, model, axes: str, settings, device: str, block_size=None, pyramid_levels=None):
     """:func:`cellrefine.distributed.iter_segment` on an in-process LocalCluster (threads), leaving a core to the GUI."""
     from ..device import limit_torch_threads
     from ..distributed import iter_segment
 
     with limit_torch_threads():
         return (
-            yield from iter_segment(source, output, model, axes=axes, postprocess=settings, device=device, workers=VOLUME_WORKERS, processes=False)
+            yield from iter_segment(
+                source,
+                output,
+                model,
+                axes=axes,
+                postprocess=settings,
+                device=device,
+                workers=VOLUME_WORKERS,
+                processes=False,
+                block_size=block_size,
+                pyramid_levels=pyramid_levels,
+            )
         )
 
 
@@ -119,12 +130,13 @@ def _default_output(layer) -> str:
     return str(Path.home() / f"{layer.name}_labels.zarr")
 
 
-def start_volume_job(widget, output: str | None = None):
+def start_volume_job(widget, output: str | None = None, block_size=None, pyramid_levels=None):
     """Segment the widget's image layer block by block into OME-Zarr labels; returns the worker (None if not started).
 
     The source is the layer's zarr store when it was opened from one (the
     workers read it block by block), else the layer's data. ``output``
-    None asks for a path.
+    None asks for a path; ``block_size`` and ``pyramid_levels`` None are
+    the defaults (see :func:`cellrefine.distributed.segment`).
     """
     import dataclasses
 
@@ -149,7 +161,17 @@ def start_volume_job(widget, output: str | None = None):
         started.update(layer=layer, axes=axes, unit=widget.controls.unit)
         widget.controls.unit = "block tasks"
         return widget.jobs.start(
-            volume_job, source, target, model, axes, settings, widget.device.value, on_returned=returned, on_finished=restore_unit
+            volume_job,
+            source,
+            target,
+            model,
+            axes,
+            settings,
+            widget.device.value,
+            block_size,
+            pyramid_levels,
+            on_returned=returned,
+            on_finished=restore_unit,
         )
 
     def restore_unit():
@@ -158,9 +180,10 @@ def start_volume_job(widget, output: str | None = None):
     def returned(result):
         layer, axes = started["layer"], started["axes"]
         labels = open_labels(result.output, result.name)
-        data = labels_layer_data(labels.to_dask(), result.axes, axes)
+        levels = [labels_layer_data(labels.to_dask(k), result.axes, axes) for k in range(len(labels.levels))]
         widget.viewer.add_labels(
-            data,
+            levels if len(levels) > 1 else levels[0],
+            multiscale=len(levels) > 1,
             name=unique_name(widget.viewer, f"{layer.name} {result.name}"),
             metadata={"cellrefine_axes": "".join(a for a in axes if a != "C"), "cellrefine_zarr": {"path": result.labels_path}},
             **result_geometry(layer, axes),

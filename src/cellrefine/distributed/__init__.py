@@ -24,7 +24,10 @@ Method (see docs/user-guide.md, "Big data"):
    connected-components pass (union-find) on the driver, giving consecutive
    final ids.
 4. **Relabel.** A second block-wise pass writes each core with its final ids
-   into the labels array (chunks = cores); the NGFF metadata is written
+   into the labels array (chunks = cores).
+5. **Pyramid.** Coarser levels (Y and X halved, every second pixel) are
+   written chunk by chunk from the level below, for viewers
+   (:mod:`cellrefine.distributed.pyramid`); the NGFF metadata is written
    last, so readers see the labels image only when it is complete.
 
 **Resumable:** the run's parameters and phase live in the labels group's

@@ -17,9 +17,11 @@ import numpy as np
 from ..axes import check_axes
 from ..inference import SegmentationCancelled
 from ..progress import run_to_end
-from ..zarr_io import DEFAULT_LABEL_NAME, finish_labels, open_zarr
+from ..zarr_io import DEFAULT_LABEL_NAME, create_labels_level, finish_labels, open_zarr
 from .blocks import BlockGrid, plan_blocks
 from .cluster import completed, open_client
+from .pyramid import downsample_chunk, level_chunks, level_shapes
+from .pyramid import pyramid_levels as count_levels
 from .store import MANIFEST_KEY, merge_pairs, output_layout, prepare_store, run_parameters, set_status, write_mapping
 from .tasks import WORK_GROUP, BlockOptions, BlockSource, block_pairs, relabel_block, sample_range, segment_block
 
@@ -34,7 +36,7 @@ class DistributedProgress:
 
     ``done``/``total`` count block tasks over the three phases (segment,
     merge, relabel; blocks finished by an earlier run count as done);
-    ``phase`` is one of ``"segmenting"``, ``"merging"``, ``"relabelling"``;
+    ``phase`` is one of ``"segmenting"``, ``"merging"``, ``"relabelling"``, ``"pyramid"``;
     ``message`` says it in words.
     """
 
@@ -75,7 +77,7 @@ class DistributedResult:
     merged_pairs : int
         Label pairs joined across block faces.
     seconds : dict
-        Wall time per phase (``"statistics"``, ``"segmenting"``, ``"merging"``, ``"relabelling"``, ``"total"``).
+        Wall time per phase (``"statistics"``, ``"segmenting"``, ``"merging"``, ``"relabelling"``, ``"pyramid"``, ``"total"``).
     grid : BlockGrid
     """
 
@@ -144,15 +146,15 @@ def iter_segment(
     zarr_format: int | None = None,
     overwrite: bool = False,
     keep_work: bool = False,
+    pyramid_levels: int | None = None,
 ):
     """Generator form of :func:`segment`: yields :class:`DistributedProgress`, returns :class:`DistributedResult`.
 
     Closing it cancels the blocks still queued (finished blocks stay written, so a rerun resumes).
     """
     from ..files import check_writable
-    from ..model.io import Model, load_model
+    from ..inference import model_and_postprocess
     from ..normalize import BlankImageWarning
-    from ..postprocess import PostprocessSettings
     from ..reader import user_stacklevel
     from ..tiling import check_batch_size, check_tile_size
 
@@ -160,19 +162,14 @@ def iter_segment(
     _check_options(workers, block_size, skip_blank, overwrite, keep_work)
     tile_size, batch_size = check_tile_size(tile_size), check_batch_size(batch_size)
     spec, shape, axes, scale, ngff_image, described = _source(source, axes)
-    if model is None:
-        model = load_model()
-    if not isinstance(model, Model):
-        raise TypeError(f"model must be a cellrefine Model (from cellrefine.load_model), got {type(model).__name__}.")
-    if isinstance(postprocess, dict):
-        postprocess = PostprocessSettings(**postprocess)
-    settings = (postprocess or PostprocessSettings(**model.config.get("postprocess", {}))).validate()
+    model, settings = model_and_postprocess(model, postprocess)
     sizes = dict(zip(axes, shape))
     n_c, in_channels = sizes.get("C", 1), model.network.in_channels
     if n_c != in_channels and in_channels != 1:
         raise ValueError(f"the model expects {in_channels} channels but the image has {n_c} (axes {axes!r}); pick a matching model or channels.")
     output = str(output) if "://" in str(output) else str(check_writable(output, folder=True).absolute())  # workers may run elsewhere
     grid = plan_blocks(tuple(sizes.get(a, 1) for a in "TZYX"), block_size, object_size, model.network.halo, model.network.grid)
+    n_levels = count_levels(pyramid_levels, sizes["Y"], sizes["X"])
     n_blocks = len(grid)
     out_axes = output_layout(grid)[0]
     norm = model.config.get("normalization", {})
@@ -189,10 +186,12 @@ def iter_segment(
                     BlankImageWarning(f"the image is constant (every pixel is {lo:g}), so it is treated as blank and no object can be found."),
                     stacklevel=user_stacklevel(),
                 )
-            run_options = {"skip_blank": bool(skip_blank), "out_axes": out_axes, "source": described}
+            run_options = {"skip_blank": bool(skip_blank), "out_axes": out_axes, "source": described, "pyramid_levels": n_levels}
             parameters = json.loads(json.dumps(run_parameters(grid, axes, lo, hi, model, settings, run_options)))
             status, area = prepare_store(output, name, grid, parameters, zarr_format, overwrite)
-            total, done = 3 * n_blocks, 0
+            _, labels_shape, labels_chunks = output_layout(grid)
+            shapes = level_shapes(labels_shape, out_axes, n_levels)
+            total, done = 3 * n_blocks + sum(len(level_chunks(shape, labels_chunks)) for shape in shapes), 0
             if status == "complete":
                 return _result(output, name, area, grid, out_axes, 0, n_blocks, seconds, started)
             work = area.work
@@ -243,6 +242,14 @@ def iter_segment(
                 done += 1
                 yield DistributedProgress(done, total, "relabelling", n_blocks, resumed, time.perf_counter() - started, "writing final labels")
             seconds["relabelling"] = time.perf_counter() - phase_started
+            phase_started = time.perf_counter()
+            for level, level_shape in enumerate(shapes, start=1):  # rebuilt whole after an interruption (a small share of the work)
+                create_labels_level(output, name, level, level_shape, labels_chunks)
+                calls = ((output, name, level, out_axes, box) for box in level_chunks(level_shape, labels_chunks))
+                for _ in completed(dask_client, downsample_chunk, calls, live):
+                    done += 1
+                    yield DistributedProgress(done, total, "pyramid", n_blocks, resumed, time.perf_counter() - started, f"writing level {level}")
+            seconds["pyramid"] = time.perf_counter() - phase_started
             manifest = dict(area.group.attrs)[MANIFEST_KEY]
             blank = int((counts[:, 2] == 1).sum())
             record = {**manifest, "status": "complete", "blocks": n_blocks, "blank": blank}
@@ -328,6 +335,10 @@ def segment(source, output, model=None, *, progress=None, **kwargs) -> Distribut
         always resumed, and a complete one returned as it is.
     keep_work : bool
         Keep the working arrays (``labels/<name>/_cellrefine``) after completion.
+    pyramid_levels : int, optional
+        Coarser levels of the labels (each halves Y and X, every second pixel),
+        for viewers; None (default) adds levels until Y and X are at most 1024
+        pixels (none for smaller images), 0 writes full resolution only.
 
     Returns
     -------

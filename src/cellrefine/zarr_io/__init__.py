@@ -8,9 +8,10 @@ are listed for display. A ``bioformats2raw`` store opens its first series.
 
 Writing (:func:`create_labels`, :func:`finish_labels`): an OME-Zarr *labels
 image* ``labels/<name>`` in a zarr group (inside the input image's store, or in
-a store of its own), one full-resolution array ``0`` whose chunks are written
-one block at a time by whoever computes them (never the whole array in
-memory). Zarr writes each chunk to a temporary file renamed into place, so a
+a store of its own): a full-resolution array ``0`` and optional coarser
+levels ``1``, ``2``, ... (:func:`create_labels_level`), whose chunks are
+written one block at a time by whoever computes them (never the whole array
+in memory). Zarr writes each chunk to a temporary file renamed into place, so a
 crash never leaves a torn chunk. The NGFF metadata (``multiscales``,
 ``image-label`` and the ``labels`` list of the parent) is written by
 :func:`finish_labels` only once every block is written, so readers see a
@@ -24,21 +25,8 @@ input's axes without ``C``).
 
 from __future__ import annotations
 
-from .labels import DEFAULT_LABEL_NAME, create_labels, finish_labels, labels_axes, labels_group, list_labels, open_labels, remove_labels
+from . import labels as _labels_module
+from .labels import *  # noqa: F403 - the writing API, listed in labels.__all__
 from .read import ZarrImage, is_zarr_path, ngff_axes, open_zarr, zarr_format_of
 
-__all__ = [
-    "ZarrImage",
-    "open_zarr",
-    "is_zarr_path",
-    "ngff_axes",
-    "labels_axes",
-    "create_labels",
-    "finish_labels",
-    "list_labels",
-    "open_labels",
-    "labels_group",
-    "remove_labels",
-    "zarr_format_of",
-    "DEFAULT_LABEL_NAME",
-]
+__all__ = ["ZarrImage", "open_zarr", "is_zarr_path", "ngff_axes", "zarr_format_of", *_labels_module.__all__]

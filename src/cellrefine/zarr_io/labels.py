@@ -10,7 +10,17 @@ import numpy as np
 
 from .read import ZarrImage, ome_attributes, open_zarr, zarr_format_of, zarr_module
 
-__all__ = ["labels_axes", "create_labels", "finish_labels", "list_labels", "open_labels", "labels_group", "remove_labels", "DEFAULT_LABEL_NAME"]
+__all__ = [
+    "labels_axes",
+    "create_labels",
+    "create_labels_level",
+    "finish_labels",
+    "list_labels",
+    "open_labels",
+    "labels_group",
+    "remove_labels",
+    "DEFAULT_LABEL_NAME",
+]
 
 #: Name of the labels image written by CellRefine (``labels/cells``) unless another is given.
 DEFAULT_LABEL_NAME = "cells"
@@ -118,6 +128,19 @@ def create_labels(
     return group, array
 
 
+def create_labels_level(output, name: str, level: int, shape: tuple, chunks: tuple, dtype="uint32"):
+    """Create (or reopen) resolution level ``level`` (array ``str(level)``) of the labels image ``labels/<name>``.
+
+    Level ``k`` is level 0 taken every ``2**k``-th pixel in Y and X (written by
+    the caller); :func:`finish_labels` lists every level present.
+    """
+    if not isinstance(level, int) or level < 1:
+        raise ValueError(f"level must be a whole number >= 1 (level 0 comes from create_labels), got {level!r}.")
+    root = zarr_module().open_group(str(output), mode="r+")
+    group = root[f"labels/{_check_name(name)}"]
+    return _require_array(group, str(level), tuple(int(n) for n in shape), tuple(int(n) for n in chunks), dtype)
+
+
 def _relative_source(output: str, source: str | None) -> str | None:
     if source is None:
         return None
@@ -130,7 +153,8 @@ def _relative_source(output: str, source: str | None) -> str | None:
 def finish_labels(output, name: str, axes: str, *, scale=None, source_image=None, extra: dict | None = None) -> None:
     """Write the NGFF metadata that makes ``output/labels/<name>`` a labels image (once all its blocks are written).
 
-    ``multiscales`` (one level, ``0``, with a ``scale`` transform) and
+    ``multiscales`` (the levels ``0``, ``1``, ... present, each with a ``scale``
+    transform: level ``k`` has pixels ``2**k`` times larger in Y and X) and
     ``image-label`` on the labels group, and ``name`` added to the parent
     ``labels`` group's list. NGFF 0.4 in zarr v2 stores, 0.5 (under ``"ome"``) in zarr v3 ones.
 
@@ -154,11 +178,17 @@ def finish_labels(output, name: str, axes: str, *, scale=None, source_image=None
     group = root[f"labels/{_check_name(name)}"]
     version = "0.5" if zarr_format_of(group) == 3 else "0.4"
     scale = [1.0] * len(axes) if scale is None else [float(s) for s in scale]
-    multiscale = {
-        "name": name,
-        "axes": _axes_metadata(axes, version),
-        "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": scale}]}],
-    }
+    levels = 1
+    while str(levels) in group:
+        levels += 1
+    datasets = [
+        {
+            "path": str(k),
+            "coordinateTransformations": [{"type": "scale", "scale": [s * 2**k if a in "YX" else s for s, a in zip(scale, axes)]}],
+        }
+        for k in range(levels)
+    ]
+    multiscale = {"name": name, "axes": _axes_metadata(axes, version), "datasets": datasets}
     image_label = {"version": version}
     source = _relative_source(str(output), source_image)
     if source is not None:
