@@ -148,3 +148,12 @@ def emit(result: dict, path: str | None, echo: bool = True) -> str:
     if echo:
         print(text)
     return text
+
+
+def markdown_header(command: str, info: dict) -> list:
+    """The first lines of a benchmark's Markdown: its command and the machine (CPU, ISA flags, CPUs, versions)."""
+    return [
+        f"Command: `{command}`  ",
+        f"Machine: {info['cpu']} ({', '.join(info['cpu_flags'])}), {info['affinity_cpus']} CPUs, torch {info['torch']}, cellrefine {info['cellrefine']}",
+        "",
+    ]

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 from _annotator import Annotator, already_reviewed, review
-from _common import emit, machine_info
+from _common import emit, machine_info, markdown_header
 from evaluate import load_folder
 
 DOMAINS = {
@@ -167,9 +167,7 @@ def run_domain(name: str, data: Path, budgets, orders, seeds: int, margin: int, 
 
 def markdown(results: list, info: dict, command: str) -> str:
     lines = [
-        f"Command: `{command}`  ",
-        f"Machine: {info['cpu']} ({', '.join(info['cpu_flags'])}), {info['affinity_cpus']} CPUs, torch {info['torch']}, cellrefine {info['cellrefine']}",
-        "",
+        *markdown_header(command, info),
         "| domain | order | edited objects (reviewed) | F1@0.5 | mean F1 | round wall time (fine-tune) |",
         "|---|---|---|---|---|---|",
     ]

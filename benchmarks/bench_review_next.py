@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 from _annotator import Annotator, f1, review
-from _common import emit, machine_info
+from _common import emit, machine_info, markdown_header
 from evaluate import load_folder
 
 CHECKPOINTS = (0, 10, 25, 50, 100, 200, 400, 800, 1600, 3200)
@@ -155,9 +155,7 @@ def run_set(name: str, model, pairs, seeds: int, tta: bool) -> dict:
 
 def markdown(results: list, info: dict, command: str) -> str:
     lines = [
-        f"Command: `{command}`  ",
-        f"Machine: {info['cpu']} ({', '.join(info['cpu_flags'])}), {info['affinity_cpus']} CPUs, torch {info['torch']}, cellrefine {info['cellrefine']}",
-        "",
+        *markdown_header(command, info),
     ]
     for r in results:
         orders = list(r["orders"])

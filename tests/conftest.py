@@ -11,6 +11,23 @@ TINY_CONFIG = {
 }
 
 
+@pytest.fixture(scope="session")
+def built_wheel(tmp_path_factory):
+    """The project's wheel, built once per test session (``python -m build --wheel``)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path_factory.mktemp("dist")
+    root = Path(__file__).resolve().parents[1]
+    completed = subprocess.run(
+        [sys.executable, "-m", "build", "--wheel", "--outdir", str(out), str(root)], capture_output=True, text=True, timeout=300
+    )
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    (wheel,) = out.glob("*.whl")
+    return wheel
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _few_threads():
     """The suite runs next to other jobs on small machines: keep torch to one thread."""
