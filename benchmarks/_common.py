@@ -157,3 +157,10 @@ def markdown_header(command: str, info: dict) -> list:
         f"Machine: {info['cpu']} ({', '.join(info['cpu_flags'])}), {info['affinity_cpus']} CPUs, torch {info['torch']}, cellrefine {info['cellrefine']}",
         "",
     ]
+
+
+def emit_with_markdown(result: dict, markdown_text: str, markdown_path: str | None, json_path: str | None) -> None:
+    """Write a benchmark's Markdown table (when ``markdown_path``) and its JSON (when ``json_path``, not echoed)."""
+    if markdown_path:
+        Path(markdown_path).write_text(markdown_text + "\n")
+    emit(result, json_path, echo=False)

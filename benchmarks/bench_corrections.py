@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 from _annotator import Annotator, already_reviewed, review
-from _common import emit, machine_info, markdown_header
+from _common import emit_with_markdown, machine_info, markdown_header
 from evaluate import load_folder
 
 DOMAINS = {
@@ -252,9 +252,7 @@ def main(argv=None):
     }
     text = markdown(results, info, command)
     print(text)
-    if args.md:
-        Path(args.md).write_text(text + "\n")
-    emit(out, args.json, echo=False)
+    emit_with_markdown(out, text, args.md, args.json)
     return out
 
 

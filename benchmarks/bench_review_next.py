@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 from _annotator import Annotator, f1, review
-from _common import emit, machine_info, markdown_header
+from _common import emit_with_markdown, machine_info, markdown_header
 from evaluate import load_folder
 
 CHECKPOINTS = (0, 10, 25, 50, 100, 200, 400, 800, 1600, 3200)
@@ -226,10 +226,7 @@ def main(argv=None):
         results.append(result)
         print(markdown([result], info, command).split("\n", 3)[-1], flush=True)
     out = {"benchmark": "review_next", "command": command, "machine": info, "results": results}
-    text = markdown(results, info, command)
-    if args.md:
-        Path(args.md).write_text(text + "\n")
-    emit(out, args.json, echo=False)
+    emit_with_markdown(out, markdown(results, info, command), args.md, args.json)
     return out
 
 

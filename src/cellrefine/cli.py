@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .cli_distributed import add_distributed_options, run_distributed, wants_distributed
+from .cli_distributed import add_distributed_options, postprocess_from_args, run_distributed, wants_distributed
 from .cli_files import CLIError, ImageFile, check_segment_outputs, expand_inputs, open_image, pair_by_name, plan_segment_outputs
 
 __all__ = ["main", "build_parser", "CLIError", "expand_inputs"]
@@ -80,7 +80,6 @@ def cmd_segment(args) -> int:
     from . import load_model
     from .data import sample_nuclei_path
     from .inference import SegmentationCancelled, iter_segment
-    from .postprocess import PostprocessSettings
     from .progress import run_to_end
 
     if wants_distributed(args):  # zarr / OME-Zarr, block by block (cellrefine.cli_distributed)
@@ -95,12 +94,7 @@ def cmd_segment(args) -> int:
     check_segment_outputs(inputs, plans)  # nothing overwritten that should not be, every output writable
     files = _open_all(inputs, args.axes, args.series)
     model = load_model(args.model, device=args.device)
-    given = {
-        name: getattr(args, name)
-        for name in ("foreground_threshold", "seed_threshold", "min_size", "stitch_threshold")
-        if getattr(args, name) is not None
-    }
-    settings = PostprocessSettings(**{**model.config.get("postprocess", {}), **given}).validate()
+    settings = postprocess_from_args(args, model)
     for index, (file, (target, classes_path)) in enumerate(zip(files, plans)):
         image = file.read()
         bar = _progress_bar(f"[{index + 1}/{len(files)}] {file.path.name}", "tile", leave=False)

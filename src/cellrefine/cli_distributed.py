@@ -38,6 +38,18 @@ _SEGMENT_OPTIONS = (
 )
 
 
+def postprocess_from_args(args, model):
+    """The model's post-processing settings with the thresholds given on the command line, validated."""
+    from .postprocess import PostprocessSettings
+
+    given = {
+        name: getattr(args, name)
+        for name in ("foreground_threshold", "seed_threshold", "min_size", "stitch_threshold")
+        if getattr(args, name) is not None
+    }
+    return PostprocessSettings(**{**model.config.get("postprocess", {}), **given}).validate()
+
+
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -117,7 +129,6 @@ def run_distributed(args) -> int:
         ) from None
     from .distributed import segment
     from .inference import SegmentationCancelled
-    from .postprocess import PostprocessSettings
     from .zarr_io import is_zarr_path, open_zarr
 
     if args.sample or len(args.inputs) != 1:
@@ -136,12 +147,7 @@ def run_distributed(args) -> int:
         logging.getLogger("distributed").setLevel(logging.WARNING)
     output = args.output or default_output(source, image.group is not None, args.label_name)
     model = load_model(args.model)
-    given = {
-        name: getattr(args, name)
-        for name in ("foreground_threshold", "seed_threshold", "min_size", "stitch_threshold")
-        if getattr(args, name) is not None
-    }
-    settings = PostprocessSettings(**{**model.config.get("postprocess", {}), **given}).validate()
+    settings = postprocess_from_args(args, model)
     bar = _bar()
     try:
         options = {name: getattr(args, attribute) for name, attribute in _SEGMENT_OPTIONS}

@@ -188,11 +188,10 @@ def iter_segment(
     n_t, n_z, height, width = reader.shape
     plane_list = [(t, z) for t in range(n_t) for z in range(n_z)] if planes is None else check_planes(planes, n_t, n_z)
     network, amp = inference_network(model.network, torch_device, precision)
-    starts_y, tile_h, starts_x, tile_w, _, _ = tile_layout(height, width, tile_size, network.grid)
+    starts_y, _, starts_x, _, _, _ = tile_layout(height, width, tile_size, network.grid)
     tiles_per_plane = len(starts_y) * len(starts_x)
     total = tiles_per_plane * len(plane_list)
-    tile_pixels = (tile_h + 2 * network.halo) * (tile_w + 2 * network.halo)
-    batch_size = batch_size or default_batch_size(torch_device, tile_pixels, tiles_per_plane)
+    batch_size = batch_size or default_batch_size(torch_device)
     group = batch_size if tiles_per_plane == 1 else 1  # planes predicted together
 
     semantic = np.zeros((n_t, n_z, height, width), np.uint8)

@@ -99,7 +99,7 @@ def default_tile_size(device) -> int:
     return 768
 
 
-def default_batch_size(device, tile_pixels: int, tiles_per_plane: int) -> int:
+def default_batch_size(device, tile_pixels: int | None = None, tiles_per_plane: int | None = None) -> int:
     """Tiles per forward pass: 4 on CUDA (planes that fit in one tile are
     batched together); 1 on the CPU/MPS, where batching measured slower on an
     idle machine (8 x 384² tiles: 0.32 s batched vs 0.24 s one by one;

@@ -17,7 +17,7 @@ import numpy as np
 from qtpy.QtWidgets import QFormLayout, QGroupBox, QHBoxLayout, QLabel, QPushButton, QVBoxLayout
 
 from ..axes import spatial_shape
-from ..training import FinetuneSettings, reviewed_mask_from_labelled_planes
+from ..training import FinetuneSettings, finetune_summary, reviewed_mask_from_labelled_planes
 from .controls import LayerCombo, ask_labels_path, ask_model_path, ask_save_path
 from .corrections_panel import CorrectionsPanel
 from .dock import Panel
@@ -29,7 +29,6 @@ from .label_files import save_labels
 from .layers import current_plane, layer_array, layer_axes
 from .plots import LossCurve
 from .recent import add_recent_model
-from .summaries import finetune_lines
 from .workers import UserError, format_seconds, report_error, report_warning
 
 if TYPE_CHECKING:
@@ -267,7 +266,7 @@ class FinetuneWidget(Panel):
             how = f"Fine-tuning stopped at step {record.get('steps', self._run['step'])} of {self._run['steps']} after {seconds}."
         else:
             how = f"Fine-tuning finished after {seconds}."
-        lines = finetune_lines(model)
+        lines = finetune_summary(model)
         self.result.setText("\n".join([how, *lines]))
         for line in lines:
             if line.lower().startswith("warning"):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +39,8 @@ def save_labels(labels, path, axes: str | None = None) -> Path:
     """
     import tifffile
 
+    from ..files import atomic_write
+
     labels = np.asarray(labels)
     if labels.dtype.kind not in "iub":
         raise TypeError(f"labels must be an integer array (instance ids or classes), got dtype {labels.dtype}.")
@@ -52,15 +52,6 @@ def save_labels(labels, path, axes: str | None = None) -> Path:
     if labels.dtype == bool:
         labels = labels.astype(np.uint8)
     metadata = {"axes": axes} if axes else None
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        tifffile.imwrite(tmp, labels, compression="zlib", photometric="minisblack", metadata=metadata)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as temp:  # temp + fsync + rename: an interrupted save leaves the old file intact
+        tifffile.imwrite(temp, labels, compression="zlib", photometric="minisblack", metadata=metadata)
     return path

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["written_text", "calibration_text", "finetune_lines"]
+__all__ = ["written_text", "calibration_text"]
 
 
 def written_text(record) -> str:
@@ -17,17 +17,12 @@ def written_text(record) -> str:
     return (text[:1].upper() + text[1:] + ".") if text else ""
 
 
-def finetune_lines(model) -> list[str]:
-    """What the last fine-tune of ``model`` did, in the core's words (:func:`cellrefine.training.finetune_summary`)."""
-    from ..training import finetune_summary
-
-    return list(finetune_summary(model))
-
-
 def calibration_text(model) -> str:
     """What threshold calibration did in ``model``'s last fine-tune (empty if it was not fine-tuned)."""
     records = model.config.get("provenance") or []
     if not records or records[-1].get("kind") != "finetune":
         return ""
-    lines = [line for line in finetune_lines(model) if "threshold" in line.lower()]
+    from ..training import finetune_summary
+
+    lines = [line for line in finetune_summary(model) if "threshold" in line.lower()]
     return " ".join(lines)

@@ -178,7 +178,7 @@ def segment_block(source: BlockSource, model, grid, index: int, options: BlockOp
     """
     from ..device import resolve_device
     from ..postprocess import probabilities_to_instances, stitch_planes
-    from ..tiling import default_batch_size, default_tile_size, inference_network, predict_planes, tile_layout
+    from ..tiling import default_batch_size, default_tile_size, inference_network, predict_planes
 
     area = WorkArea(output, name)
     work = area.work
@@ -195,9 +195,7 @@ def segment_block(source: BlockSource, model, grid, index: int, options: BlockOp
     device = resolve_device(options.device)
     network, amp = inference_network(model.network, device, options.precision)
     tile_size = options.tile_size or default_tile_size(device)
-    starts_y, tile_h, starts_x, tile_w, _, _ = tile_layout(shape[1], shape[2], tile_size, network.grid)
-    tiles = len(starts_y) * len(starts_x)
-    batch_size = options.batch_size or default_batch_size(device, (tile_h + 2 * network.halo) * (tile_w + 2 * network.halo), tiles)
+    batch_size = options.batch_size or default_batch_size(device)
     labels = np.zeros(shape, np.uint32)
     for z, plane in enumerate(planes):
         probabilities = np.empty((network.out_channels,) + plane.shape[1:], np.float32)
