@@ -27,7 +27,6 @@ not planes 2 pixels wide). Passing ``axes`` (even the guessed one) never warns.
 from __future__ import annotations
 
 import dataclasses
-import os
 import sys
 import warnings
 
@@ -149,18 +148,15 @@ def infer_axes(shape, *, warn: bool = True) -> str:
             f"an image of shape {shape} has no axes given: {doubt.reason}. {doubt.hint}, pass axes={choices}; "
             f"pass axes={axes!r} to keep this reading without a warning.",
             AxesGuessWarning,
-            stacklevel=_first_frame_outside_the_package(),
+            stacklevel=user_stacklevel(),
         )
     return axes
 
 
-_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
-
-
-def _first_frame_outside_the_package() -> int:
-    """The ``stacklevel`` (for a warning raised by our caller) of the first frame outside cellrefine: the user's line."""
+def user_stacklevel() -> int:
+    """The ``stacklevel`` for :func:`warnings.warn` that points at the first caller outside the ``cellrefine`` package."""
     frame, level = sys._getframe(1), 1
-    while frame.f_back is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE):
+    while frame is not None and frame.f_globals.get("__name__", "").split(".")[0] == "cellrefine":
         frame, level = frame.f_back, level + 1
     return level
 

@@ -21,7 +21,7 @@ import warnings
 
 import numpy as np
 
-from .axes import check_axes, to_tzcyx
+from .axes import check_axes, to_tzcyx, user_stacklevel
 from .normalize import BlankImageWarning, percentile_range, strided_sample, to_float32
 
 __all__ = ["check_image", "LazyView", "PlaneReader", "average_channels", "normalised_plane", "user_stacklevel", "DEFAULT_MAX_BLOCK_BYTES"]
@@ -140,14 +140,6 @@ class LazyView:
                 continue
             shape.append(data.shape[present.index(a)] if a in present else 1)
         return data.reshape(shape)
-
-
-def user_stacklevel() -> int:
-    """The ``stacklevel`` for :func:`warnings.warn` that points at the first caller outside the ``cellrefine`` package."""
-    frame, level = sys._getframe(1), 1
-    while frame is not None and frame.f_globals.get("__name__", "").split(".")[0] == "cellrefine":
-        frame, level = frame.f_back, level + 1
-    return level
 
 
 def _regular_chunks(length: int, chunk: int) -> tuple:
