@@ -6,7 +6,7 @@ import numpy as np
 
 from .matching import check_label_pair, check_labels, check_threshold, match_pairs, object_table, overlap_table
 
-__all__ = ["correction_scores", "CORRECTION_KEYS"]
+__all__ = ["correction_scores", "objects_mostly_inside", "CORRECTION_KEYS"]
 
 #: The keys of :func:`correction_scores` (all counts of objects).
 CORRECTION_KEYS = (
@@ -34,11 +34,25 @@ def _matched(truth: np.ndarray, prediction: np.ndarray, threshold: float) -> tup
     return table.true_ids, true_hit, table.pred_ids, pred_hit
 
 
-def _reviewed_share(labels: np.ndarray, reviewed: np.ndarray) -> np.ndarray:
-    """Share of each object's pixels that are reviewed, objects in increasing id order."""
+def _inside_counts(labels: np.ndarray, reviewed: np.ndarray):
+    """``(area, index, inside)``: each object's pixel count, the pixels' object index (-1 background), its reviewed pixel count."""
     ids, area, index = object_table(labels)
     inside = np.bincount(index[(index >= 0) & reviewed.ravel()], minlength=ids.size)
+    return area, index, inside
+
+
+def _reviewed_share(labels: np.ndarray, reviewed: np.ndarray) -> np.ndarray:
+    """Share of each object's pixels that are reviewed, objects in increasing id order."""
+    area, _, inside = _inside_counts(labels, reviewed)
     return inside / np.maximum(area, 1)
+
+
+def objects_mostly_inside(labels: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``labels`` keeping only the objects with at least half of their pixels in ``mask`` (whole, not cut at its edge)."""
+    labels = np.asarray(labels)
+    area, index, inside = _inside_counts(labels, np.asarray(mask, bool))
+    keep = np.concatenate([[False], inside * 2 >= area])
+    return np.where(keep[index + 1].reshape(labels.shape), labels, 0)
 
 
 def correction_scores(parent_instances, corrected_labels, reviewed_mask, new_instances, threshold: float = 0.5) -> dict:

@@ -7,6 +7,8 @@ import logging
 
 import numpy as np
 
+from ..metrics.corrections import objects_mostly_inside
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["CALIBRATION_GRID", "CALIBRATION_MARGIN", "calibrate_postprocess", "calibration_references", "objects_mostly_inside", "POSTPROCESS_KEYS"]
@@ -15,17 +17,6 @@ CALIBRATION_GRID = {"foreground_threshold": (0.5, 0.6, 0.7, 0.8), "seed_threshol
 POSTPROCESS_KEYS = ("foreground_threshold", "seed_threshold", "min_seed_size", "min_size", "stitch_threshold")
 #: A new threshold pair must beat the current one by this much mean F1: smaller gains are within the noise of a few corrected objects.
 CALIBRATION_MARGIN = 0.02
-
-
-def objects_mostly_inside(labels: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """``labels`` keeping only the objects with at least half of their pixels in ``mask`` (whole, not cut at its edge)."""
-    from ..metrics.matching import object_table
-
-    labels = np.asarray(labels)
-    ids, area, index = object_table(labels)
-    inside = np.bincount(index[(index >= 0) & np.asarray(mask, bool).ravel()], minlength=ids.size)
-    keep = np.concatenate([[False], inside * 2 >= area])
-    return np.where(keep[index + 1].reshape(labels.shape), labels, 0)
 
 
 def calibration_references(labels: np.ndarray, mask: np.ndarray | None, parent_instances: np.ndarray | None) -> list[tuple]:
