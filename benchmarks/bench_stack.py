@@ -60,7 +60,7 @@ def rss() -> int:
     return psutil.Process().memory_info().rss
 
 
-def run(data, planes: int = 64, size: int = 1024, with_dask: bool = False, overlap: bool = True, model_path=None) -> dict:
+def run(data, planes: int = 64, size: int = 1024, with_dask: bool = False, overlap: bool = True, model_path=None, stack_mode: str = "stitch") -> dict:
     import cellrefine as cr
     from cellrefine import inference
 
@@ -71,7 +71,11 @@ def run(data, planes: int = 64, size: int = 1024, with_dask: bool = False, overl
     maxrss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     timers = {"watershed_s": 0.0, "stitch_s": 0.0}
     # wraps the public names the pipeline calls (cellrefine.inference's namespace), restored afterwards
-    postprocess_plane, stitch = inference.probabilities_to_instances, inference.stitch_planes
+    postprocess_plane, stitch, postprocess_volume = (
+        inference.probabilities_to_instances,
+        inference.stitch_planes,
+        inference.probabilities_to_instances_3d,
+    )
 
     def timed_plane(*args, **kwargs):  # CPU seconds of the (worker) thread: its wall time is inflated by sharing the cores
         t0 = time.thread_time()
@@ -85,14 +89,24 @@ def run(data, planes: int = 64, size: int = 1024, with_dask: bool = False, overl
         timers["stitch_s"] += time.perf_counter() - t0
         return out
 
-    inference.probabilities_to_instances, inference.stitch_planes = timed_plane, timed_stitch
+    def timed_volume(*args, **kwargs):  # the 3D watershed runs in the calling thread
+        t0 = time.perf_counter()
+        out = postprocess_volume(*args, **kwargs)
+        timers["watershed_s"] += time.perf_counter() - t0
+        return out
+
+    inference.probabilities_to_instances, inference.stitch_planes, inference.probabilities_to_instances_3d = timed_plane, timed_stitch, timed_volume
     try:
         with PeakSampler() as sampler:
             started = time.perf_counter()
-            result = cr.segment(volume, model=model, axes="ZYX", device="cpu", overlap_postprocess=overlap)
+            result = cr.segment(volume, model=model, axes="ZYX", device="cpu", overlap_postprocess=overlap, stack_mode=stack_mode)
             seconds = time.perf_counter() - started
     finally:
-        inference.probabilities_to_instances, inference.stitch_planes = postprocess_plane, stitch
+        inference.probabilities_to_instances, inference.stitch_planes, inference.probabilities_to_instances_3d = (
+            postprocess_plane,
+            stitch,
+            postprocess_volume,
+        )
     maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     peak = max(sampler.peak, maxrss)
     out = {
@@ -108,6 +122,7 @@ def run(data, planes: int = 64, size: int = 1024, with_dask: bool = False, overl
         "extra_peak_mib": (peak - baseline) / 2**20,
         "ru_maxrss_before_mib": maxrss_before / 2**20,
         "overlap_postprocess": overlap,
+        "stack_mode": result.stack_mode,
         "watershed_s": timers["watershed_s"],
         "stitch_s": timers["stitch_s"],
         "postprocess_share": (timers["watershed_s"] + timers["stitch_s"]) / seconds,
@@ -135,7 +150,7 @@ def dask_check(volume, model, reference) -> dict:
 
     lazy = da.map_blocks(load, dtype=volume.dtype, chunks=((chunk,) * (volume.shape[0] // chunk), (volume.shape[1],), (volume.shape[2],)))
     started = time.perf_counter()
-    result = cr.segment(lazy, model=model, axes="ZYX", device="cpu")
+    result = cr.segment(lazy, model=model, axes="ZYX", device="cpu", stack_mode=reference.stack_mode)
     seconds = time.perf_counter() - started
     return {
         "chunks": len(lazy.chunks[0]),
@@ -155,9 +170,29 @@ def main(argv=None):
     parser.add_argument("--dask", action="store_true")
     parser.add_argument("--no-overlap", action="store_true", help="post-process each plane after its network pass (ablation)")
     parser.add_argument("--model", default=None)
+    parser.add_argument("--stack-mode", choices=["stitch", "3d", "both"], default="both", help="both: stitch, then 3d in a fresh process")
     parser.add_argument("--json")
     args = parser.parse_args(argv)
-    result = {"machine": machine_info(), "stack": run(args.data, args.planes, args.size, args.dask, not args.no_overlap, args.model)}
+    if args.stack_mode == "both":  # each mode in its own process, so each peak RSS is its own
+        import json
+        import subprocess
+        import sys
+        import tempfile
+
+        result = {"machine": machine_info()}
+        for mode in ("stitch", "3d"):
+            with tempfile.TemporaryDirectory() as folder:
+                out = f"{folder}/{mode}.json"
+                command = [sys.executable, __file__, "--data", str(args.data), "--planes", str(args.planes), "--size", str(args.size)]
+                command += ["--stack-mode", mode, "--json", out] + (["--dask"] if args.dask else []) + (["--model", args.model] if args.model else [])
+                command += ["--no-overlap"] if args.no_overlap else []
+                subprocess.run(command, check=True)
+                with open(out) as handle:
+                    result["stack" if mode == "stitch" else "stack_3d"] = json.load(handle)["stack"]
+        result["stack_3d"]["time_vs_stitch"] = result["stack_3d"]["seconds"] / result["stack"]["seconds"]
+        emit(result, args.json)
+        return
+    result = {"machine": machine_info(), "stack": run(args.data, args.planes, args.size, args.dask, not args.no_overlap, args.model, args.stack_mode)}
     emit(result, args.json)
 
 

@@ -265,6 +265,13 @@ def markdown(report: dict) -> str:
             f"Post-processing: watersheds {st.get('watershed_s', 0):.1f} CPU s (in a thread, overlapping the network) + Z stitching "
             f"{st.get('stitch_s', 0):.1f} s = {100 * st.get('postprocess_share', 0):.0f} % of the wall time.",
         ]
+        if "stack_3d" in r["stack"]:
+            s3 = r["stack"]["stack_3d"]
+            lines.append(
+                f'3D mode (`stack_mode="3d"`, three views fused, 3D watershed) on the same stack: {s3["seconds"]:.1f} s = '
+                f"**{s3['time_vs_stitch']:.2f}x the stitching mode's time**, {s3['objects']} 3D objects, "
+                f"**{s3['extra_peak_mib']:.0f} MiB extra** peak RSS (results {s3['results_mib']:.0f} MiB); 3D watershed {s3['watershed_s']:.1f} s."
+            )
         if "dask" in st:
             d = st["dask"]
             lines.append(

@@ -350,16 +350,16 @@ def test_small_planes_are_batched_and_give_the_same_answer(tiny_model, monkeypat
     monkeypatch.setattr(inference, "inference_network", recording)
     progress = []
     batched = segment(
-        stack, model=tiny_model, axes="ZYX", device="cpu", return_probabilities=True, batch_size=8, progress=lambda d, t: progress.append((d, t))
+        stack, model=tiny_model, axes="ZYX", device="cpu", return_probabilities=True, batch_size=8, stack_mode="stitch", progress=lambda d, t: progress.append((d, t))
     )
     assert shapes[0][0] == 5  # every plane in one forward pass
     assert progress == [(5, 5)]
     shapes.clear()
-    single = segment(stack, model=tiny_model, axes="ZYX", device="cpu", return_probabilities=True)
+    single = segment(stack, model=tiny_model, axes="ZYX", device="cpu", return_probabilities=True, stack_mode="stitch")
     assert [s[0] for s in shapes] == [1] * 5  # the CPU default: one tile per pass
     np.testing.assert_array_equal(batched.instances, single.instances)
     np.testing.assert_allclose(batched.probabilities.astype(np.float32), single.probabilities.astype(np.float32), atol=2e-3)
-    two = segment(stack, model=tiny_model, axes="ZYX", device="cpu", batch_size=2, progress=lambda d, t: progress.append((d, t)))
+    two = segment(stack, model=tiny_model, axes="ZYX", device="cpu", batch_size=2, stack_mode="stitch", progress=lambda d, t: progress.append((d, t)))
     assert progress[1:] == [(2, 5), (4, 5), (5, 5)]
     np.testing.assert_array_equal(two.instances, single.instances)
 

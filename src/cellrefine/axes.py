@@ -32,7 +32,7 @@ import warnings
 
 import numpy as np
 
-__all__ = ["AXES", "AxesGuessWarning", "AxesDoubt", "axes_doubt", "infer_axes", "check_axes", "to_tzcyx", "from_tzyx", "spatial_shape"]
+__all__ = ["AXES", "AxesGuessWarning", "AxesDoubt", "axes_doubt", "infer_axes", "check_axes", "to_tzcyx", "from_tzyx", "spatial_shape", "check_scale"]
 
 AXES = "TZCYX"
 
@@ -222,3 +222,64 @@ def from_tzyx(result: np.ndarray, axes: str) -> np.ndarray:
 def spatial_shape(shape, axes: str) -> tuple:
     """The shape of ``shape`` without its channel axis (the shape of every result)."""
     return tuple(n for n, a in zip(shape, axes) if a != "C")
+
+
+def check_scale(scale, axes: str) -> tuple[float, float, float]:
+    """Validate a voxel size; return it as ``(z, y, x)``.
+
+    Parameters
+    ----------
+    scale : sequence of numbers or None
+        The spacing of the image's axes, with the meaning of a napari layer's
+        ``scale``: one positive number per non-channel axis of ``axes`` (e.g.
+        four for ``"TZYX"``; the T entry is ignored), or one per spatial axis
+        (``(z, y, x)`` for a stack, ``(y, x)`` for a 2D image). Only ratios
+        matter (the units are the user's). None means isotropic ``(1, 1, 1)``.
+    axes : str
+        The image's axes (letters from ``TZCYX``).
+
+    Returns
+    -------
+    (float, float, float)
+        ``(z, y, x)``; ``z`` is 1.0 for an image without a Z axis.
+
+    Raises
+    ------
+    TypeError
+        ``scale`` is not a sequence of numbers (a string, a bool entry...).
+    ValueError
+        Wrong number of entries, or an entry that is not finite and positive.
+
+    Examples
+    --------
+    >>> check_scale((4, 2.0, 0.5, 0.5), "TZYX")
+    (2.0, 0.5, 0.5)
+    >>> check_scale(None, "YX")
+    (1.0, 1.0, 1.0)
+    """
+    import numbers
+
+    if scale is None:
+        return (1.0, 1.0, 1.0)
+    if isinstance(scale, (str, bytes)) or not hasattr(scale, "__len__"):
+        raise TypeError(f"scale must be a sequence of numbers such as (z, y, x) = (2.0, 0.5, 0.5), or None; got {scale!r}.")
+    values = list(scale)
+    for value in values:
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+            raise TypeError(f"scale entries must be numbers, got {value!r} in {tuple(values)!r}.")
+    non_channel = [a for a in axes if a != "C"]
+    spatial = [a for a in non_channel if a in "ZYX"]
+    if len(values) == len(non_channel):
+        named = dict(zip(non_channel, values))
+    elif len(values) == len(spatial):
+        named = dict(zip(spatial, values))
+    else:
+        raise ValueError(
+            f"scale has {len(values)} entries but axes {axes!r} need {len(spatial)} (one per spatial axis, {''.join(spatial)}) "
+            f"or {len(non_channel)} (one per non-channel axis, as a napari layer's scale)."
+        )
+    for letter in spatial:
+        value = float(named[letter])
+        if not (np.isfinite(value) and value > 0):
+            raise ValueError(f"scale entry for {letter} must be a finite positive number, got {named[letter]!r}.")
+    return tuple(float(named.get(letter, 1.0)) for letter in "ZYX")

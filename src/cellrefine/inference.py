@@ -23,13 +23,38 @@ import time
 
 import numpy as np
 
-from .axes import check_axes, from_tzyx, to_tzcyx
-from .postprocess import PostprocessSettings, probabilities_to_instances, stitch_planes
+from .axes import check_axes, check_scale, from_tzyx, to_tzcyx
+from .postprocess import PostprocessSettings, probabilities_to_instances, probabilities_to_instances_3d, stitch_planes
 from .progress import Cancelled, run_to_end
 from .reader import PlaneReader, check_image
-from .tiling import check_batch_size, check_tile_size, default_batch_size, default_tile_size, inference_network, predict_planes, tile_layout
+from .tiling import (
+    argmax_classes,
+    check_batch_size,
+    check_tile_size,
+    default_batch_size,
+    default_tile_size,
+    inference_network,
+    predict_planes,
+    tile_layout,
+)
 
-__all__ = ["Segmentation", "SegmentProgress", "SegmentationCancelled", "iter_segment", "segment", "check_planes", "model_and_postprocess"]
+__all__ = [
+    "Segmentation",
+    "SegmentProgress",
+    "SegmentationCancelled",
+    "iter_segment",
+    "segment",
+    "check_planes",
+    "model_and_postprocess",
+    "STACK_MODES",
+    "MIN_3D_PLANES",
+    "resolve_stack_mode",
+]
+
+#: ``stack_mode`` values: ``"auto"`` picks by :func:`resolve_stack_mode`.
+STACK_MODES = ("auto", "3d", "stitch")
+#: ``stack_mode="auto"`` segments stacks with at least this many Z planes in 3D (see docs/benchmarks.md).
+MIN_3D_PLANES = 4
 
 
 class SegmentationCancelled(Cancelled):
@@ -40,14 +65,17 @@ class SegmentationCancelled(Cancelled):
 class SegmentProgress:
     """Yielded by :func:`iter_segment` after each batch of tiles.
 
-    ``done``/``total`` count tiles over the whole image or stack; ``plane`` is
-    the (t, z) index being predicted; ``seconds`` the time so far.
+    ``done``/``total`` count tiles over the whole image or stack (all three
+    views in the 3D mode); ``plane`` is the (t, index) of the plane being
+    predicted, ``index`` along the axis that ``view`` does not show (Z for
+    ``"YX"``, Y for ``"ZX"``, X for ``"ZY"``); ``seconds`` the time so far.
     """
 
     done: int
     total: int
     plane: tuple
     seconds: float
+    view: str = "YX"
 
 
 @dataclasses.dataclass
@@ -70,6 +98,11 @@ class Segmentation:
         The device the network ran on.
     settings : PostprocessSettings
         The watershed parameters used.
+    stack_mode : {"2d", "stitch", "3d"}
+        How Z was handled: a 2D image or a single plane per frame (``"2d"``),
+        planes linked by IoU (``"stitch"``), or views fused in 3D (``"3d"``).
+    scale : (float, float, float)
+        The voxel size (z, y, x) used (only ratios matter).
     """
 
     semantic: np.ndarray
@@ -78,6 +111,8 @@ class Segmentation:
     axes: str
     device: str
     settings: PostprocessSettings
+    stack_mode: str = "2d"
+    scale: tuple = (1.0, 1.0, 1.0)
 
     def postprocess(self, **parameters) -> Segmentation:
         """Re-run the watershed on the cached probabilities with new parameters.
@@ -91,8 +126,50 @@ class Segmentation:
         probabilities_tzcyx = to_tzcyx(np.moveaxis(self.probabilities, 0, -1), self.axes + "C")
         n_t, n_z = probabilities_tzcyx.shape[:2]
         instances = np.zeros((n_t, n_z) + probabilities_tzcyx.shape[-2:], np.uint32)
-        _postprocess_planes([(np.asarray(probabilities_tzcyx[t, z], np.float32), instances[t, z]) for t in range(n_t) for z in range(n_z)], settings)
-        return dataclasses.replace(self, instances=from_tzyx(_link_stack(instances, settings), self.axes), settings=settings)
+        if self.stack_mode == "3d":
+            for t in range(n_t):
+                instances[t] = probabilities_to_instances_3d(np.moveaxis(probabilities_tzcyx[t], 1, 0), settings, self.scale)
+            instances = _offset_frames(instances)
+        else:
+            work = [(np.asarray(probabilities_tzcyx[t, z], np.float32), instances[t, z]) for t in range(n_t) for z in range(n_z)]
+            _postprocess_planes(work, settings)
+            instances = _link_stack(instances, settings)
+        return dataclasses.replace(self, instances=from_tzyx(instances, self.axes), settings=settings)
+
+
+def _offset_frames(instances_tzyx: np.ndarray) -> np.ndarray:
+    """Offset each frame's ids 1..n so they are unique over T (in place)."""
+    offset = 0
+    for t in range(instances_tzyx.shape[0]):
+        frame = instances_tzyx[t]
+        n = int(frame.max()) if frame.size else 0
+        if offset and n:
+            np.add(frame, np.uint32(offset), out=frame, where=frame > 0)
+        offset += n
+    return instances_tzyx
+
+
+def resolve_stack_mode(stack_mode: str, n_z: int, planes=None) -> str:
+    """The mode that runs: ``"2d"`` (one plane per frame), ``"stitch"`` or ``"3d"``.
+
+    ``"auto"`` is ``"3d"`` for frames of at least :data:`MIN_3D_PLANES` Z planes
+    when all planes are segmented, else ``"stitch"``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        ``stack_mode`` is not one of :data:`STACK_MODES`, or ``"3d"`` was asked
+        for a subset of ``planes`` (the 3D mode needs whole frames).
+    """
+    if not isinstance(stack_mode, str) or stack_mode not in STACK_MODES:
+        raise ValueError(f"stack_mode must be one of {', '.join(map(repr, STACK_MODES))}, got {stack_mode!r}.")
+    if n_z == 1:
+        return "2d"
+    if stack_mode == "3d" and planes is not None:
+        raise ValueError("stack_mode='3d' segments whole frames; pass planes=None, or stack_mode='stitch' to segment only some planes.")
+    if stack_mode == "auto":
+        return "3d" if planes is None and n_z >= MIN_3D_PLANES else "stitch"
+    return stack_mode
 
 
 def _link_stack(instances_tzyx: np.ndarray, settings: PostprocessSettings) -> np.ndarray:
@@ -160,6 +237,8 @@ def iter_segment(
     planes=None,
     precision: str = "auto",
     overlap_postprocess: bool = True,
+    scale=None,
+    stack_mode: str = "auto",
 ):
     """Generator form of :func:`cellrefine.segment`: yields :class:`SegmentProgress`
     after every batch of tiles, returns the :class:`Segmentation`.
@@ -169,6 +248,9 @@ def iter_segment(
     ``overlap_postprocess`` (default True) runs the watershed of a plane in a
     worker thread while the network predicts the next one (stacks only);
     False runs everything in the calling thread (same result).
+    ``scale`` and ``stack_mode`` choose the 3D mode for stacks (see
+    :func:`cellrefine.segment` and :mod:`cellrefine.orthogonal`); ``planes``
+    implies the stitching mode.
     See :func:`cellrefine.segment` for the other parameters.
     """
     from .device import inference_dtypes, resolve_device
@@ -184,10 +266,27 @@ def iter_segment(
     inference_dtypes(torch_device, precision)  # validates precision before any work
     tile_size = tile_size or default_tile_size(torch_device)
 
+    scale = check_scale(scale, axes)
     reader = PlaneReader(image, axes, model)
     n_t, n_z, height, width = reader.shape
     plane_list = [(t, z) for t in range(n_t) for z in range(n_z)] if planes is None else check_planes(planes, n_t, n_z)
+    mode = resolve_stack_mode(stack_mode, n_z, planes)
     network, amp = inference_network(model.network, torch_device, precision)
+    if mode == "3d":
+        result = yield from _iter_segment_3d(
+            reader, network, amp, torch_device, tile_size, batch_size or default_batch_size(torch_device), scale, settings, return_probabilities
+        )
+        semantic, instances, probabilities = result
+        return Segmentation(
+            semantic=from_tzyx(semantic, axes),
+            instances=from_tzyx(instances, axes),
+            probabilities=None if probabilities is None else from_tzyx(probabilities, axes),
+            axes="".join(a for a in axes if a != "C"),
+            device=str(torch_device),
+            settings=settings,
+            stack_mode="3d",
+            scale=scale,
+        )
     starts_y, _, starts_x, _, _, _ = tile_layout(height, width, tile_size, network.grid)
     tiles_per_plane = len(starts_y) * len(starts_x)
     total = tiles_per_plane * len(plane_list)
@@ -237,7 +336,38 @@ def iter_segment(
         axes="".join(a for a in axes if a != "C"),
         device=str(torch_device),
         settings=settings,
+        stack_mode=mode,
+        scale=scale,
     )
+
+
+def _iter_segment_3d(reader, network, amp, device, tile_size: int, batch_size: int, scale: tuple, settings, return_probabilities: bool):
+    """The 3D mode over every frame: fused views (:mod:`cellrefine.orthogonal`), arg-max, 3D watershed.
+
+    Yields :class:`SegmentProgress`; returns ``(semantic, instances, probabilities or None)`` as (T, Z, Y, X) arrays
+    ((3, T, Z, Y, X) for the probabilities).
+    """
+    from .orthogonal import iter_fused_probabilities, plan_views
+
+    n_t, n_z, height, width = reader.shape
+    plans = plan_views((n_z, height, width), scale, tile_size, network.grid)
+    frame_tiles = sum(plan.tiles for plan in plans)
+    total = frame_tiles * n_t
+    semantic = np.zeros((n_t, n_z, height, width), np.uint8)
+    instances = np.zeros((n_t, n_z, height, width), np.uint32)
+    probabilities = np.zeros((3, n_t, n_z, height, width), np.float16) if return_probabilities else None
+    started = time.perf_counter()
+    for t in range(n_t):
+        volume = np.stack([reader.plane(t, z) for z in range(n_z)], axis=1)  # (C, Z, Y, X), normalised
+        fused = probabilities[:, t] if probabilities is not None else np.empty((3, n_z, height, width), np.float16)
+        for done, view, index in iter_fused_probabilities(volume, network, amp, device, plans, batch_size, fused):
+            yield SegmentProgress(t * frame_tiles + done, total, (t, index), time.perf_counter() - started, view)
+        del volume
+        for z in range(n_z):
+            argmax_classes(fused[:, z], semantic[t, z])
+        instances[t] = probabilities_to_instances_3d(fused, settings, scale)
+        del fused
+    return semantic, _offset_frames(instances), probabilities
 
 
 def segment(image, model=None, axes: str | None = None, device="auto", progress=None, **kwargs) -> Segmentation:
@@ -277,7 +407,20 @@ def segment(image, model=None, axes: str | None = None, device="auto", progress=
         Only segment these planes.
     overlap_postprocess : bool
         Run the watershed of a plane in a worker thread while the network
-        predicts the next one (stacks only; default True, same result).
+        predicts the next one (stitching mode only; default True, same result).
+    scale : sequence of float, optional
+        Voxel size, with the meaning of a napari layer's ``scale``: ``(z, y,
+        x)`` (or one entry per non-channel axis, e.g. ``(t, z, y, x)``); only
+        ratios matter. The 3D mode resamples Z to the XY spacing for its XZ
+        and YZ views and sizes its 3D thresholds by it. None: isotropic.
+    stack_mode : {"auto", "3d", "stitch"}
+        Z stacks only. ``"3d"``: class probabilities predicted on the XY, XZ
+        and YZ planes, averaged, and a 3D seeded watershed
+        (:mod:`cellrefine.orthogonal`; about 3x the network time of
+        ``"stitch"``). ``"stitch"``: plane by plane, objects linked between
+        planes by IoU (``postprocess.stitch_threshold``). ``"auto"``: ``"3d"``
+        for stacks of at least :data:`MIN_3D_PLANES` planes, else ``"stitch"``
+        (see docs/benchmarks.md for the measurement behind it).
 
     Returns
     -------

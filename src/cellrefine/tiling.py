@@ -120,16 +120,18 @@ def tile_starts(length: int, tile: int, grid: int = 1) -> tuple[list, int]:
     return list(range(0, length - size, size)) + [length - size], size
 
 
-def tile_layout(height: int, width: int, tile_size: int, grid: int) -> tuple:
+def tile_layout(height: int, width: int, tile_size, grid: int) -> tuple:
     """``(starts_y, tile_h, starts_x, tile_w, padded_h, padded_w)`` of the tile cores of a ``height`` x ``width`` plane.
 
-    The plane is padded up to the network's ``grid``; ``tile_size`` is rounded
-    up to the grid (see :func:`tile_starts`).
+    The plane is padded up to the network's ``grid``; ``tile_size`` (one
+    number, or a ``(rows, columns)`` pair for thin planes) is rounded up to
+    the grid (see :func:`tile_starts`).
     """
-    tile_size = max(grid, int(np.ceil(tile_size / grid) * grid))
+    size_y, size_x = (tile_size, tile_size) if np.isscalar(tile_size) else tile_size
+    size_y, size_x = (max(grid, int(np.ceil(n / grid) * grid)) for n in (size_y, size_x))
     padded_h, padded_w = (int(np.ceil(n / grid) * grid) for n in (height, width))
-    starts_y, tile_h = tile_starts(padded_h, tile_size, grid)
-    starts_x, tile_w = tile_starts(padded_w, tile_size, grid)
+    starts_y, tile_h = tile_starts(padded_h, size_y, grid)
+    starts_x, tile_w = tile_starts(padded_w, size_x, grid)
     return starts_y, tile_h, starts_x, tile_w, padded_h, padded_w
 
 
@@ -248,7 +250,9 @@ def argmax_classes(probabilities: np.ndarray, out: np.ndarray) -> None:
     out[boundary > np.maximum(background, cell)] = 2
 
 
-def predict_planes(network, amp, planes: list, tile_size: int, device, batch_size: int, outs: list, semantics: list | None = None) -> Iterator:
+def predict_planes(
+    network, amp, planes: list, tile_size, device, batch_size: int, outs: list, semantics: list | None = None, border: int | None = None
+) -> Iterator:
     """Generator over forward passes of the tiles of one or more (C, Y, X) planes of one shape;
     yields ``(tiles done, tiles total, index of the plane of the last tile)``.
 
@@ -256,37 +260,61 @@ def predict_planes(network, amp, planes: list, tile_size: int, device, batch_siz
     ``batch_size`` tiles, taken in order over the planes (so planes that are
     one tile each are batched together). Writes each plane's class
     probabilities into ``outs[i]`` ((n_classes, Y, X) float32) and, if given,
-    their arg-max into ``semantics[i]`` ((Y, X) uint8).
+    their arg-max into ``semantics[i]`` ((Y, X) uint8). ``tile_size`` is one
+    number or a ``(rows, columns)`` pair. ``border`` is the mirror padding at
+    the plane's edges (default: the halo, as between tiles); a smaller one
+    saves work on thin planes (the network saw zero-padded crop edges in
+    training), the seams between tiles always get the full halo.
     """
     import torch
 
     grid, halo = network.grid, network.halo
+    border = halo if border is None else min(int(border), halo)
     _, height, width = planes[0].shape
     starts_y, tile_h, starts_x, tile_w, padded_h, padded_w = tile_layout(height, width, tile_size, grid)
     pad = ((0, 0), (halo, halo + padded_h - height), (halo, halo + padded_w - width))
     padded = [np.pad(plane, pad, mode="reflect") for plane in planes]
     tiles = [(i, y, x) for i in range(len(planes)) for y in starts_y for x in starts_x]
     outs_t = [torch.from_numpy(out) for out in outs]
-    for first in range(0, len(tiles), batch_size):
-        batch = tiles[first : first + batch_size]
-        crops = [padded[i][:, y : y + tile_h + 2 * halo, x : x + tile_w + 2 * halo] for i, y, x in batch]
+    last_y, last_x = starts_y[-1], starts_x[-1]
+
+    def window(start: int, size: int, last: int) -> tuple[int, int, int]:
+        """(first, end, core offset) of the padded rows (or columns) a tile reads: the full halo inside, ``border`` at the plane's edges."""
+        before = border if start == 0 else halo
+        after = border if start == last else halo
+        return start + halo - before, start + halo + size + after, before
+
+    # batches of at most batch_size tiles that read windows of one geometry (with border < halo, edge tiles differ)
+    batches, geometry = [], None
+    for i, y, x in tiles:
+        (y0, y1, oy), (x0, x1, ox) = window(y, tile_h, last_y), window(x, tile_w, last_x)
+        tile_geometry = (y1 - y0, x1 - x0, oy, ox)
+        if not batches or tile_geometry != geometry or len(batches[-1]) == batch_size:
+            batches.append([])
+            geometry = tile_geometry
+        batches[-1].append((i, y, x, y0, y1, x0, x1, oy, ox))
+    done = 0
+    for batch in batches:
+        crops = [padded[i][:, y0:y1, x0:x1] for i, _, _, y0, y1, x0, x1, _, _ in batch]
+        oy, ox = batch[0][7], batch[0][8]
         inputs = crops[0][None] if len(crops) == 1 else np.stack(crops)
         with torch.inference_mode(), torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
             logits = network(torch.from_numpy(inputs).to(device))
-            probabilities = logits[:, :, halo : halo + tile_h, halo : halo + tile_w].float().softmax(dim=1).cpu()
+            probabilities = logits[:, :, oy : oy + tile_h, ox : ox + tile_w].float().softmax(dim=1).cpu()
             del logits
             if not math.isfinite(float(probabilities.sum())):  # softmax is in [0, 1] or NaN; a sum is ~60x cheaper than isfinite().all()
                 raise ValueError(
                     "the network produced NaN or infinite probabilities: its weights are not finite (e.g. fine-tuned with too high a "
                     "learning rate); load the model again or use another one."
                 )
-            for k, (i, y, x) in enumerate(batch):
+            for k, (i, y, x, *_) in enumerate(batch):
                 rows, cols = min(tile_h, height - y), min(tile_w, width - x)
                 outs_t[i][:, y : y + rows, x : x + cols] = probabilities[k, :, :rows, :cols]
                 if semantics is not None:
                     argmax_classes(outs[i][:, y : y + rows, x : x + cols], semantics[i][y : y + rows, x : x + cols])
             del probabilities
-        yield first + len(batch), len(tiles), batch[-1][0]
+        done += len(batch)
+        yield done, len(tiles), batch[-1][0]
 
 
 def iter_tiles(network, plane: np.ndarray, tile_size: int, device, batch_size: int = 1, precision: str = "auto") -> Iterator:

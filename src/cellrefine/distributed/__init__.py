@@ -15,7 +15,9 @@ Method (see docs/user-guide.md, "Big data"):
 2. **Blocks with a halo.** The volume is cut into cores (``block_size``);
    each block is segmented over its core plus a halo of the network's
    receptive radius *and* the largest object (``object_size``), by the same
-   tiling, watershed and Z linking as :func:`cellrefine.segment`. The model
+   tiling, watershed and Z linking as :func:`cellrefine.segment` in its
+   stitching mode (``stack_mode="stitch"``: the 3D mode's orthogonal views
+   need whole frames, so it runs on one machine only). The model
    is scattered once to each worker. Blocks can be skipped as blank
    (``skip_blank``).
 3. **Merge.** Where a block's halo covers a neighbour's core, a core object of

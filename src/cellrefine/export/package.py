@@ -60,10 +60,11 @@ def _sha256(data: bytes) -> str:
 
 
 def default_test_image() -> np.ndarray:
-    """A 256×256 crop of the bundled nuclei sample (field 0), uint16: the default test input."""
+    """Field 0 of the bundled nuclei sample (520×696, uint16): the default test input (``_test_crop`` centres it:
+    rows 132:388, columns 220:476 at 256×256, larger for deeper networks)."""
     from ..data import load_sample_nuclei
 
-    return load_sample_nuclei()[0, 132:388, 220:476]
+    return load_sample_nuclei()[0]
 
 
 def _test_crop(image, size_min: int, step: int) -> np.ndarray:
