@@ -4,6 +4,7 @@ Examples::
 
     cellrefine segment image.tif -o image_labels.tif
     cellrefine segment "data/*.tif" -o results/ --axes ZYX --semantic
+    cellrefine segment stack.tif --scale 2,0.5,0.5 --stack-mode 3d   # voxel size (z, y, x); default: from the file
     cellrefine segment --sample -o sample_labels.tif
     cellrefine segment volume.zarr -o labels.zarr --distributed --workers 4   # big data: OME-Zarr labels, block by block
     cellrefine finetune img1.tif img2.tif --labels img1_labels.tif img2_labels.tif -o my_model
@@ -76,6 +77,30 @@ def _open_all(paths: list[Path], axes: str | None, series: int | None) -> list[I
     return [open_image(path, axes, series) for path in paths]
 
 
+def _scale_for(file: ImageFile, given: tuple[float, ...] | None) -> tuple[tuple[float, ...] | None, str]:
+    """The voxel size for ``file`` (one number per spatial axis, or None = 1, 1, 1) and where it came from.
+
+    ``--scale`` wins over the file's metadata; a ``Z,Y,X`` given for a 2D image gives its ``Y,X``.
+    """
+    spatial = "".join(letter for letter in "ZYX" if letter in file.axes)
+    if given is None:
+        if file.scale is None:
+            return None, "none recorded"
+        return file.scale, "from the file" + (f", {file.unit}" if file.unit else "")
+    if len(given) == 3 and "Z" not in file.axes:
+        given = given[1:]  # Z,Y,X for a batch with 2D images too: their Y,X
+    if len(given) != len(spatial):
+        raise CLIError(f"{file.path.name} has axes {file.axes}: give --scale {','.join(spatial)} ({len(spatial)} numbers), got {len(given)}.")
+    return given, "--scale"  # positive and finite (checked by argparse)
+
+
+def _voxel_text(result, file: ImageFile, source: str) -> str:
+    """`` [3d; voxel (z, y, x) 2:0.5:0.5 (from the file, µm)]`` for a stack (what the core ran), '' for a 2D image."""
+    if "Z" not in file.axes:
+        return ""
+    return f" [{result.stack_mode}; voxel (z, y, x) {':'.join(f'{v:g}' for v in result.scale)} ({source})]"
+
+
 def cmd_segment(args) -> int:
     from . import load_model
     from .data import sample_nuclei_path
@@ -83,6 +108,8 @@ def cmd_segment(args) -> int:
     from .progress import run_to_end
 
     if wants_distributed(args):  # zarr / OME-Zarr, block by block (cellrefine.cli_distributed)
+        if args.scale is not None or args.stack_mode == "3d":
+            raise CLIError("--scale and --stack-mode 3d do not apply with --distributed: it segments plane by plane and links objects across Z.")
         return run_distributed(args)
     specs = list(args.inputs)
     if args.sample:
@@ -93,13 +120,16 @@ def cmd_segment(args) -> int:
     plans = plan_segment_outputs(inputs, args.output, args.semantic)
     check_segment_outputs(inputs, plans)  # nothing overwritten that should not be, every output writable
     files = _open_all(inputs, args.axes, args.series)
+    scales = [_scale_for(file, args.scale) for file in files]  # every voxel size checked before any work
     model = load_model(args.model, device=args.device)
     settings = postprocess_from_args(args, model)
-    for index, (file, (target, classes_path)) in enumerate(zip(files, plans)):
+    for index, (file, (target, classes_path), (scale, scale_source)) in enumerate(zip(files, plans, scales)):
         image = file.read()
         bar = _progress_bar(f"[{index + 1}/{len(files)}] {file.path.name}", "tile", leave=False)
         try:
-            generator = iter_segment(image, model, file.axes, args.device, postprocess=settings, tile_size=args.tile_size)
+            generator = iter_segment(
+                image, model, file.axes, args.device, postprocess=settings, tile_size=args.tile_size, scale=scale, stack_mode=args.stack_mode
+            )
             result = run_to_end(generator, bar, cancelled=SegmentationCancelled)
         finally:
             bar.close()
@@ -113,7 +143,7 @@ def cmd_segment(args) -> int:
         print(
             f"{file.path.name}{series}: shape {image.shape} axes {file.axes} -> {int(result.instances.max())} objects "
             f"(cell {100 * counts[1]:.1f} %, boundary {100 * counts[2]:.1f} %, background {100 * counts[0]:.1f} % of pixels) "
-            f"on {result.device}; wrote {', '.join(written)}",
+            f"on {result.device}{_voxel_text(result, file, scale_source)}; wrote {', '.join(written)}",
             flush=True,
         )
     return 0
@@ -141,6 +171,10 @@ def cmd_finetune(args) -> int:
     for index, image_path in enumerate(images):
         print(f"  {image_path.name} <- {labels[index].name}" + (f", {masks[index].name}" if masks else ""), flush=True)
     image_files = _open_all(images, args.axes, args.series)
+    scales = [_scale_for(file, args.scale) for file in image_files]  # --scale, else the file's, else None (1, 1, 1)
+    for file, (scale, source) in zip(image_files, scales):
+        if "Z" in file.axes:
+            print(f"  {file.path.name}: voxel (z, y, x) {':'.join(f'{v:g}' for v in scale or (1, 1, 1))} ({source})", flush=True)
     label_files = _open_all(labels, None, args.series)
     mask_files = _open_all(masks, None, args.series) if masks else None
     model = load_model(args.model, device=args.device)
@@ -160,6 +194,7 @@ def cmd_finetune(args) -> int:
             progress=bar,
             kind=args.kind,
             seed=args.seed,
+            scale=[scale for scale, _ in scales],  # one per image (iter_finetune's scale=)
         )
     finally:
         bar.close()
@@ -169,6 +204,25 @@ def cmd_finetune(args) -> int:
     for line in finetune_summary(tuned):  # the same words as the napari widget
         print(f"  {line}")
     return 0
+
+
+def _voxel_size(text: str) -> tuple[float, ...]:
+    """An argparse type: ``Z,Y,X`` or ``Y,X``, positive finite numbers (the voxel size, e.g. ``2,0.5,0.5``)."""
+    parts = [part.strip() for part in text.split(",")]
+    try:
+        values = tuple(float(part) for part in parts)
+    except ValueError:
+        values = ()
+    if len(values) not in (2, 3) or not all(np.isfinite(v) and v > 0 for v in values):
+        raise argparse.ArgumentTypeError(f"must be Z,Y,X or Y,X: two or three positive numbers separated by commas, e.g. 2,0.5,0.5; got {text!r}")
+    return values
+
+
+_MODEL_HELP = "a bundled model name (nuclei, cells) or a saved model (.safetensors file or folder); default: nuclei"
+_SCALE_HELP = (
+    "voxel size, e.g. 2,0.5,0.5 (Z,Y,X; Y,X for 2D images; any unit, only the ratios matter). "
+    "Default: the file's (OME-XML PhysicalSize, ImageJ spacing and resolution), else 1,1,1"
+)
 
 
 def _whole_number(low: int):
@@ -233,11 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("inputs", nargs="*", help="TIFF (or .npy) files, folders of TIFFs, or quoted glob patterns")
     seg.add_argument("-o", "--output", help="output TIFF (one input) or folder; default: NAME_labels.tif beside each input")
     seg.add_argument("--sample", action="store_true", help="also segment the bundled sample stack (4 BBBC039 fields, axes TYX)")
-    _add_model_options(
-        seg,
-        "a saved model (.safetensors file or folder); default: the bundled nuclei model",
-        "axes of the inputs over TZCYX, e.g. YX, YXC, CYX, ZYX, TYX, TZCYX (default: from the file, else inferred)",
-    )
+    _add_model_options(seg, _MODEL_HELP, "axes of the inputs over TZCYX, e.g. YX, YXC, CYX, ZYX, TYX, TZCYX (default: from the file, else inferred)")
     seg.add_argument("--semantic", action="store_true", help="also write NAME_classes.tif (0 background, 1 cell, 2 boundary)")
     seg.add_argument("--tile-size", type=_whole_number(1), default=None, help="tile core size in pixels (default by device)")
     seg.add_argument(
@@ -246,6 +296,15 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--seed-threshold", type=float, help="cell probability for watershed seeds (default: the model's, 0.7 for the bundled one)")
     seg.add_argument("--min-size", type=int, help="smallest object kept, in pixels (default: the model's, 15)")
     seg.add_argument("--stitch-threshold", type=float, help="IoU linking objects across Z planes (default: the model's, 0.25)")
+    seg.add_argument("--scale", type=_voxel_size, metavar="Z,Y,X", help=_SCALE_HELP)
+    seg.add_argument(
+        "--stack-mode",
+        choices=["auto", "3d", "stitch"],
+        default="auto",
+        help="Z stacks: 3d = XY, XZ and YZ views fused (Z resampled to isotropic by the voxel size, --scale) and a 3D watershed; stitch = "
+        "plane by plane, objects linked across Z by IoU (--stitch-threshold); auto (default) = 3d for stacks of several planes (the "
+        "measured better choice, see the user guide), else stitch. 2D images ignore it",
+    )
     add_distributed_options(seg)
 
     ft = _command(
@@ -265,7 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--masks", nargs="+", help="reviewed-pixel masks (non-zero = reviewed), one per image, paired by name")
     ft.add_argument("--pair", choices=["name", "order"], default="name", help="pair images with labels/masks by name (default) or in the order given")
     ft.add_argument("-o", "--output", required=True, help="output model: a folder, or a file ending in .safetensors")
-    _add_model_options(ft, "starting model (default: the bundled nuclei model)", "axes of the images (default: from the file, else inferred)")
+    _add_model_options(ft, "starting model: " + _MODEL_HELP, "axes of the images (default: from the file, else inferred)")
+    ft.add_argument("--scale", type=_voxel_size, metavar="Z,Y,X", help=_SCALE_HELP)
     ft.add_argument("--kind", default="instances", choices=["instances", "semantic"], help="labels are instance ids (default) or classes 0/1/2")
     ft.add_argument("--steps", type=_whole_number(1), default=None, help="optimisation steps (default 150 on every device; more on a GPU is cheap)")
     ft.add_argument("--seed", type=int, default=0)

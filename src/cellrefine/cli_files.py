@@ -16,6 +16,11 @@ and docs/user-guide.md):
   file, a folder without write permission) are refused with one line.
 - Fine-tuning pairs images with label (and mask) files by *name*
   (:func:`pair_by_name`), never by position in a sorted list.
+- The voxel size of a TIFF (:attr:`ImageFile.scale`) comes from its OME-XML
+  (``PhysicalSizeZ/Y/X``; different units converted to µm), else its ImageJ
+  metadata (``spacing`` for Z; 1 / X/YResolution, pixels per ``unit``, for X
+  and Y). Plain TIFF resolution tags are not used (often a 72 dpi
+  placeholder); a stack gets a voxel size only when its Z spacing is recorded.
 """
 
 from __future__ import annotations
@@ -103,12 +108,18 @@ def _os_reason(error: OSError) -> str:
 
 @dataclasses.dataclass
 class ImageFile:
-    """An input file checked without reading its pixels: which series to read, its shape and its axes."""
+    """An input file checked without reading its pixels: which series to read, its shape and its axes.
+
+    ``scale``: the voxel size the file records, one number per spatial axis of
+    ``axes`` ((z, y, x) or (y, x)), or None; ``unit``: its unit when known (``"µm"``).
+    """
 
     path: Path
     series: int | None
     shape: tuple
     axes: str
+    scale: tuple[float, ...] | None = None
+    unit: str | None = None
 
     def read(self) -> np.ndarray:
         """The pixels, as checked by :func:`open_image`."""
@@ -174,13 +185,84 @@ def open_image(path: Path, axes: str | None = None, series: int | None = None) -
             chosen = series_list[index]
             shape = tuple(int(n) for n in chosen.shape)
             file_axes = "".join(_TIFFFILE_TO_CELLREFINE.get(a, "?") for a in chosen.axes)
+            sizes, unit = _read_voxel_size(tif, index)
     except OSError as error:
         raise CLIError(f"cannot read {path}: {_os_reason(error)}.") from None
     except (tifffile.TiffFileError, ValueError) as error:
         raise CLIError(f"cannot read {path} as a TIFF: {error}") from None
     if axes is None and "?" not in file_axes and len(file_axes) == len(shape) and len(set(file_axes)) == len(file_axes) and len(shape) > 2:
         axes = file_axes
-    return ImageFile(path, index, shape, _checked_axes(check_axes, path, shape, axes))
+    axes = _checked_axes(check_axes, path, shape, axes)
+    scale = _scale_for_axes(sizes, axes)
+    return ImageFile(path, index, shape, axes, scale, unit if scale is not None else None)
+
+
+#: Length units in micrometres, to compare OME-XML sizes given in different units.
+_MICROMETRES = {"Å": 1e-4, "pm": 1e-6, "nm": 1e-3, "µm": 1.0, "mm": 1e3, "cm": 1e4, "m": 1e6}
+_MICRO_SPELLINGS = {"um", "micron", "microns", "micrometer", "micrometre", "\\u00b5m", "μm", "µm"}
+
+
+def _unit(text) -> str | None:
+    """A length unit spelled one way (``micron``, ``um``, ``\\u00B5m`` → ``µm``); None for none (``pixel``)."""
+    unit = str(text or "").strip()
+    if unit.lower() in _MICRO_SPELLINGS:
+        return "µm"
+    return None if unit.lower() in {"", "pixel", "pixels", "px"} else unit
+
+
+def _positive(value) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if np.isfinite(number) and number > 0 else None
+
+
+def _ome_voxel_size(xml: str, index: int, n_series: int) -> tuple[dict, str | None]:
+    """Sizes (one unit) from the ``Pixels`` of OME image ``index``; none when the series cannot be matched to an image."""
+    import xml.etree.ElementTree as ElementTree
+
+    images = ElementTree.fromstring(xml).findall("{*}Image")
+    pixels = images[index if len(images) > 1 else 0].find("{*}Pixels") if len(images) in (1, n_series) else None
+    if pixels is None:
+        return {}, None
+    sizes = {a: (_positive(pixels.get(f"PhysicalSize{a}")), _unit(pixels.get(f"PhysicalSize{a}Unit", "µm"))) for a in "ZYX"}  # µm: OME's default
+    sizes = {a: size for a, size in sizes.items() if size[0] is not None}
+    units = {unit for _, unit in sizes.values()}
+    if len(units) <= 1:
+        return {a: size for a, (size, _) in sizes.items()}, next(iter(units), None)
+    if not units <= set(_MICROMETRES):
+        return {}, None  # different units that cannot be compared
+    return {a: size * _MICROMETRES[unit] for a, (size, unit) in sizes.items()}, "µm"
+
+
+def _imagej_voxel_size(metadata: dict, page) -> tuple[dict, str | None]:
+    """Sizes from ImageJ metadata: Z = ``spacing``, X and Y = 1 / the resolution tags (pixels per ``unit``)."""
+    unit, spacing = _unit(metadata.get("unit")), _positive(metadata.get("spacing"))
+    sizes = {a: 1.0 / (_positive(n) or 1.0) for a, n in zip("XY", getattr(page, "resolution", None) or (1.0, 1.0))}
+    if spacing is not None:
+        sizes["Z"] = spacing
+    return ({}, None) if unit is None and spacing is None and sizes["X"] == sizes["Y"] == 1.0 else (sizes, unit)  # uncalibrated: none
+
+
+def _read_voxel_size(tif, index: int) -> tuple[dict, str | None]:
+    """``({"Z": z, "Y": y, "X": x}, unit)`` of series ``index`` (see the module docstring); sizes missing when not recorded."""
+    try:
+        if tif.is_ome and tif.ome_metadata:
+            sizes, unit = _ome_voxel_size(tif.ome_metadata, index, len(tif.series))
+            if sizes:
+                return sizes, unit
+        if tif.is_imagej and tif.imagej_metadata is not None:
+            return _imagej_voxel_size(tif.imagej_metadata, tif.series[index].keyframe)
+    except (AttributeError, IndexError, KeyError, TypeError, ValueError, SyntaxError):  # ElementTree.ParseError is a SyntaxError
+        pass
+    return {}, None
+
+
+def _scale_for_axes(sizes: dict, axes: str) -> tuple[float, ...] | None:
+    """``sizes`` as one number per spatial axis of ``axes`` ((z, y, x) or (y, x)); None unless the file gives all of them."""
+    spatial = [a for a in "ZYX" if a in axes]
+    return tuple(float(sizes[a]) for a in spatial) if all(a in sizes for a in spatial) else None
 
 
 def _checked_axes(check_axes, path: Path, shape, axes) -> str:

@@ -41,6 +41,8 @@ class SegmentRequest:
     planes: list | None = None
     postprocess: PostprocessSettings | None = None
     show_probabilities: bool = False
+    scale: tuple | None = None
+    stack_mode: str = "auto"
 
 
 def rank_for_review(segmentation, planes=None) -> list:
@@ -58,7 +60,7 @@ def rank_for_review(segmentation, planes=None) -> list:
     return [obj for obj in ranking if plane_of(obj) in wanted]
 
 
-def segment_job(image, model, axes, device, tile_size, planes, settings):
+def segment_job(image, model, axes, device, tile_size, planes, settings, scale=None, stack_mode="auto"):
     """:func:`cellrefine.inference.iter_segment` keeping probabilities (for "Update instances"),
     then the objects ranked for review (:func:`rank_for_review`).
 
@@ -66,7 +68,16 @@ def segment_job(image, model, axes, device, tile_size, planes, settings):
     """
     with limit_torch_threads():
         segmentation = yield from iter_segment(
-            image, model, axes, device, tile_size=tile_size, return_probabilities=True, postprocess=settings, planes=planes
+            image,
+            model,
+            axes,
+            device,
+            tile_size=tile_size,
+            return_probabilities=True,
+            postprocess=settings,
+            planes=planes,
+            scale=scale,
+            stack_mode=stack_mode,
         )
     return segmentation, rank_for_review(segmentation, planes)
 
@@ -105,6 +116,8 @@ def start_segmentation(
         request.tile_size,
         request.planes,
         request.postprocess,
+        request.scale,
+        request.stack_mode,
         on_yielded=on_progress,
         on_returned=returned,
         on_finished=on_finished,

@@ -9,13 +9,14 @@ from typing import TYPE_CHECKING
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QFormLayout, QGroupBox, QHBoxLayout, QLabel, QPushButton, QVBoxLayout
 
+from ..inference import MIN_3D_PLANES
 from ..postprocess import PostprocessSettings
 from .controls import LayerCombo
 from .dock import Panel
 from .forms import Field, build_form, device_field, disable_unavailable_devices
 from .job_controls import JobControls
 from .jobs import SegmentRequest, start_segmentation, start_update_instances
-from .layers import axes_warning, current_plane, layer_axes
+from .layers import axes_warning, current_plane, layer_axes, result_geometry
 from .model_picker import ModelPicker
 from .review_panel import ReviewPanel
 from .summaries import calibration_text, written_text
@@ -27,6 +28,8 @@ if TYPE_CHECKING:
 __all__ = ["SegmentWidget"]
 
 POSTPROCESS_FIELDS = ("foreground_threshold", "seed_threshold", "min_size", "stitch_threshold")
+#: The "Stack mode" choices: (shown text, ``stack_mode`` of :func:`cellrefine.segment`).
+STACK_MODE_CHOICES = (("Auto", "auto"), ("3D (orthogonal views)", "3d"), ("2D + stitch", "stitch"))
 
 
 class SegmentWidget(Panel):
@@ -50,9 +53,19 @@ class SegmentWidget(Panel):
             [
                 Field("axes", "Axes", "", str, tooltip="Axes of the image, letters from TZCYX (e.g. TYX, ZYX, YXC); empty = read from the layer"),
                 Field("current_slice", "Current slice only", False, bool, tooltip="Segment only the T/Z slice shown in the viewer"),
+                Field(
+                    "stack_mode",
+                    "Stack mode",
+                    "auto",
+                    None,
+                    "ComboBox",
+                    {"choices": list(STACK_MODE_CHOICES)},
+                    "Z stacks: 3D = XY, XZ and YZ views fused (Z resampled by the layer's scale) and a 3D watershed; "
+                    f"2D + stitch = plane by plane, objects linked across Z; Auto = 3D for whole stacks of {MIN_3D_PLANES} planes or more",
+                ),
             ]
         )
-        self.axes, self.current_slice = self.input_form.axes, self.input_form.current_slice
+        self.axes, self.current_slice, self.stack_mode = self.input_form.axes, self.input_form.current_slice, self.input_form.stack_mode
         self.axes.native.setPlaceholderText("auto")
         self.axes_label = QLabel()
         self.axes_label.setWordWrap(True)
@@ -193,6 +206,7 @@ class SegmentWidget(Panel):
         layer = self.image_combo.current_layer()
         if layer is None:
             self.axes_label.setText("")
+            self.stack_mode.visible = False
             return
         try:
             axes, source = layer_axes(self.viewer, layer, self.axes.value)
@@ -200,6 +214,7 @@ class SegmentWidget(Panel):
             self.axes_label.setText(str(error))
             self.axes_label.setStyleSheet("color: #e05050")
             return
+        self.stack_mode.visible = "Z" in axes  # only stacks have a stack mode
         warning = axes_warning(layer, axes, source)
         self.axes_label.setText(f"{axes} ({source})" + (f"\n{warning}" if warning else ""))
         self.axes_label.setStyleSheet("color: #e0a030" if warning else "")
@@ -240,6 +255,9 @@ class SegmentWidget(Panel):
         model = self.session.get_model()
         settings = dataclasses.replace(PostprocessSettings(**model.config.get("postprocess", {})), **self.postprocess_parameters()).validate()
         planes = [current_plane(self.viewer, layer, axes)] if self.current_slice.value else None
+        stack_mode = self.stack_mode.value if "Z" in axes else "auto"
+        if planes is not None and stack_mode == "3d":
+            raise UserError("3D (orthogonal views) segments whole stacks: untick 'Current slice only', or choose Auto or 2D + stitch.")
         return SegmentRequest(
             image_layer=layer,
             axes=axes,
@@ -248,7 +266,27 @@ class SegmentWidget(Panel):
             planes=planes,
             postprocess=settings,
             show_probabilities=bool(self.show_probabilities.value),
+            scale=self.layer_scale(layer, axes),
+            stack_mode=stack_mode,
         )
+
+    @staticmethod
+    def layer_scale(layer, axes: str) -> tuple[float, ...]:
+        """The layer's ``scale`` for the axes of ``axes`` other than C (the voxel size the core reads; T is ignored there).
+
+        Raises
+        ------
+        UserError
+            A Z, Y or X entry is not a positive number.
+        """
+        from ..axes import check_scale
+
+        scale = tuple(float(value) for value in result_geometry(layer, axes)["scale"])  # the non-C entries, as the result layers get
+        try:
+            check_scale(scale, axes)
+        except (TypeError, ValueError) as error:
+            raise UserError(f"layer {layer.name!r} has scale {scale}, which CellRefine cannot use as a voxel size: {error}") from None
+        return scale
 
     def run(self):
         """Start segmenting the selected image; returns the worker (None if the inputs are invalid)."""
