@@ -352,7 +352,7 @@ def test_train_from_scratch_uses_the_shared_settings(tmp_path, blobs):
     assert train.main([*arguments, "--base-channels", "4", "--save-every", "1"]) == 0
     model = cellrefine.load_model(tmp_path / "run" / "final.safetensors")
     record = model.config["provenance"][0]
-    assert record["steps"] == 2 and record["data"] == "data" and record["settings"]["steps"] == 2
+    assert record["steps"] == 2 and record["data"] == f"{tmp_path.name}/data" and record["settings"]["steps"] == 2
     assert (tmp_path / "run" / "step_00001.safetensors").exists()
 
 

@@ -29,6 +29,7 @@ from .label_files import save_labels
 from .layers import current_plane, layer_array, layer_axes
 from .plots import LossCurve
 from .recent import add_recent_model
+from .segment_widget import SegmentWidget
 from .workers import UserError, format_seconds, report_error, report_warning
 
 if TYPE_CHECKING:
@@ -47,6 +48,8 @@ class TrainingInputs:
     labels: np.ndarray
     reviewed_mask: np.ndarray
     kind: str
+    scale: tuple | None = None  # the image layer's scale for its non-C axes (XZ/YZ training planes are resampled by it)
+    slice_axes: str = "Z"  # XY planes, plus XZ ("Y") / YZ ("X") planes where corrections were painted in those views
 
 
 class FinetuneWidget(Panel):
@@ -188,17 +191,17 @@ class FinetuneWidget(Panel):
         tracker = self.session.tracker_for(labels_layer)
         if tracker is None:
             # not a CellRefine result (e.g. drawn from scratch): the core decides what counts as reviewed
-            mask, kind = reviewed_mask_from_labelled_planes(labels, axes.replace("C", "")), "instances"
+            mask, kind, slice_axes = reviewed_mask_from_labelled_planes(labels, axes.replace("C", "")), "instances", "Z"
             if not mask.any():
                 raise UserError(f"{labels_layer.name!r} is empty: paint some objects first.")
         else:
-            mask, kind = tracker.reviewed_mask(), tracker.kind
+            mask, kind, slice_axes = tracker.reviewed_mask(), tracker.kind, tracker.slice_axes()
             if not mask.any():
                 raise UserError(
                     f"Nothing in {labels_layer.name!r} is reviewed yet: correct some objects with the Labels tools, "
                     "or use 'Mark current slice reviewed', then fine-tune."
                 )
-        return TrainingInputs(image_layer, axes, image, labels, mask, kind)
+        return TrainingInputs(image_layer, axes, image, labels, mask, kind, SegmentWidget.layer_scale(image_layer, axes), slice_axes)
 
     def run(self):
         """Start fine-tuning; returns the worker (None if the inputs are invalid)."""
@@ -224,6 +227,8 @@ class FinetuneWidget(Panel):
                 self.device.value,
                 settings,
                 stop,
+                scale=inputs.scale,
+                slice_axes=inputs.slice_axes,
                 stop_event=stop,
                 on_yielded=self._on_update,
                 on_returned=self._on_returned,

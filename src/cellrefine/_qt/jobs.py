@@ -147,15 +147,29 @@ def start_update_instances(jobs: JobSet, viewer, session, image_layer, parameter
     return jobs.start(postprocess_job, record.segmentation, parameters, record.planes, on_returned=returned, on_finished=on_finished)
 
 
-def finetune_job(model, image, labels, mask, axes: str, kind: str, steps: int, device: str, settings, stop):
+def finetune_job(model, image, labels, mask, axes: str, kind: str, steps: int, device: str, settings, stop, scale=None, slice_axes: str = "auto"):
     """:func:`cellrefine.training.iter_finetune` on one image, leaving a core to the GUI
     (:func:`cellrefine.device.limit_torch_threads`; ``CELLREFINE_NUM_THREADS`` overrides it).
 
     ``stop`` (a ``threading.Event``) ends training after the current step;
     the core then finalises (checkpoint choice, threshold calibration) and
-    returns the calibrated model either way.
+    returns the calibrated model either way. ``scale`` (the image layer's
+    voxel size) and ``slice_axes`` (the orientations painted in) are passed on.
     """
     with limit_torch_threads():
         return (
-            yield from iter_finetune(model, [image], [labels], [mask], axes=axes, kind=kind, steps=steps, device=device, settings=settings, stop=stop)
+            yield from iter_finetune(
+                model,
+                [image],
+                [labels],
+                [mask],
+                axes=axes,
+                kind=kind,
+                steps=steps,
+                device=device,
+                settings=settings,
+                stop=stop,
+                scale=scale,
+                slice_axes=slice_axes,
+            )
         )

@@ -6,6 +6,7 @@ says what a fine-tune did. The modules, in the order a run uses them:
 
 * :mod:`.settings`: :class:`TrainSettings` (alias :class:`FinetuneSettings`), every hyper-parameter;
 * :mod:`.inputs`: input checks, :func:`collect_planes`, :func:`reviewed_mask_from_labelled_planes`;
+* :mod:`.orientations`: which XY/XZ/YZ planes of a stack are training planes (``slice_axes``), Z resampling of XZ/YZ planes;
 * :mod:`.samples`: targets and loss weights (:func:`prepare_sample`), lazy :class:`SampleSet`, :class:`Sampler`;
 * :mod:`.augment`, :mod:`.losses`, :mod:`.loop`: augmentation, loss, the optimisation loop;
 * :mod:`.scoring`: checkpoint scoring on held-back reviewed pixels, at a bounded cost;

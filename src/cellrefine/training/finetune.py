@@ -23,7 +23,7 @@ import numpy as np
 from .evaluation import iter_evaluate
 from .inputs import collect_planes
 from .loop import freeze_batchnorm, optimize, training_autocast_dtype
-from .report import base_record, data_fingerprint, loss_curve
+from .report import base_record, data_fingerprint, loss_curve, plane_orientations
 from .samples import Sampler, SampleSet
 from .scoring import evaluation_planes, plan_score_windows, score_windows
 from .settings import TrainSettings
@@ -99,6 +99,8 @@ def iter_finetune(
     device="auto",
     settings: TrainSettings | None = None,
     stop=None,
+    scale=None,
+    slice_axes: str = "auto",
     **overrides,
 ):
     """Fine-tune a copy of ``model`` on corrected labels; a generator.
@@ -126,7 +128,10 @@ def iter_finetune(
     masks : array or list of bool arrays, optional
         Reviewed pixels per image; the loss ignores the others, so an object
         nobody looked at is never learned as background. None = every pixel.
-        Planes without a reviewed pixel are not used (nor read).
+        Planes without a reviewed pixel are not used (nor read). In a stack a
+        plane is used only where its reviewed pixels hold a 2 x 2 square,
+        so a correction painted in an XY view trains XY
+        planes and one painted in an XZ/YZ view trains that XZ/YZ plane.
     axes : str or list of str, optional
         Axes of each image (inferred when None).
     kind : {"instances", "semantic"}
@@ -139,11 +144,23 @@ def iter_finetune(
     stop : object with ``is_set()``, optional
         E.g. a ``threading.Event``: once set, training ends after the current
         step and the run goes on to choose the checkpoint, calibrate and return.
+    scale : sequence of numbers, or list of them (one per image), optional
+        Voxel size, as a napari layer's ``scale`` ((z, y, x) or one number per
+        non-channel axis; see :func:`cellrefine.axes.check_scale`). XZ/YZ
+        training planes are resampled along Z to the in-plane spacing, as 3D
+        segmentation does. None: isotropic.
+    slice_axes : str
+        The axes training planes are cut along: ``"Z"`` XY planes, ``"Y"`` XZ
+        planes, ``"X"`` YZ planes, or a combination such as ``"ZYX"``.
+        ``"auto"`` (default): ``"ZYX"`` for images with a Z axis of 2 planes
+        or more, ``"Z"`` otherwise. See :mod:`cellrefine.training.orientations`.
 
     Raises
     ------
     ValueError, TypeError
-        Mismatched lengths/shapes/dtypes, nothing annotated, or an invalid setting.
+        Mismatched lengths/shapes/dtypes, nothing annotated, reviewed pixels
+        that form no training plane in ``slice_axes``, a bad ``scale`` or
+        ``slice_axes``, or an invalid setting.
     FloatingPointError
         The loss became NaN or infinite.
     """
@@ -157,16 +174,18 @@ def iter_finetune(
     settings = _resolve_settings(settings, steps, overrides)
     device = resolve_device(device)
     started = time.perf_counter()
-    planes = collect_planes(images, labels, masks, axes, kind, model)
+    planes = collect_planes(images, labels, masks, axes, kind, model, scale=scale, slice_axes=slice_axes)
     total = settings.steps
     reviewed = sum(plane.reviewed_pixels for plane in planes)
+    counts = plane_orientations(planes)
+    kinds = "" if set(counts) == {"XY"} else " (" + ", ".join(f"{n} {name}" for name, n in counts.items()) + ")"
     yield FinetuneUpdate(
         0,
         total,
         float("nan"),
         {},
         phase="preparing",
-        message=f"Preparing {len(planes)} reviewed plane(s), {reviewed} reviewed pixels (the starting model predicts each plane as training first uses it)…",
+        message=f"Preparing {len(planes)} reviewed plane(s){kinds}, {reviewed} reviewed pixels (the starting model predicts each plane as training first uses it)…",
     )
     tuned = model.copy()
     network = tuned.network.to(device).eval()
@@ -183,6 +202,8 @@ def iter_finetune(
             **base_record(model, settings, planes, fingerprint[0]),
             "steps": int(steps_done),
             "planned_steps": total,
+            "slice_axes": slice_axes,
+            "scale": _scale_record(scale),
             "loss_curve": loss_curve(losses[:steps_done]),
             "checkpoint": {"judged_on": windows.judged_on, "held_out": windows.held_out, "scores": [list(c) for c in checkpoints]},
         }
@@ -295,6 +316,13 @@ def iter_finetune(
     final.config["provenance"] = list(model.config.get("provenance", [])) + [entry]
     final.config["name"] = _tuned_name(model.name)
     return final
+
+
+def _scale_record(scale):
+    """``scale`` as JSON (nested lists of floats, None kept)."""
+    if scale is None:
+        return None
+    return [_scale_record(entry) if entry is None or hasattr(entry, "__len__") else float(entry) for entry in scale]
 
 
 def _tuned_name(name: str) -> str:

@@ -24,6 +24,8 @@ import warnings
 import numpy as np
 from scipy import ndimage as ndi
 
+from .orientations import check_slice_axes, cut_plane, resolve_slice_axes, training_positions, z_factor
+
 __all__ = ["Plane", "collect_planes", "reviewed_mask_from_labelled_planes", "KINDS", "LabelsWarning", "looks_like_class_map"]
 
 KINDS = ("instances", "semantic")
@@ -47,13 +49,21 @@ class Plane:
     mask : (Y, X) bool or None
         Reviewed pixels; None means every pixel.
     source : (int, int, int)
-        (index of the image, t, z) the plane comes from.
+        (index of the image, t, position) the plane comes from; the position
+        is along ``orientation``: z for an XY plane, y for an XZ plane, x for
+        a YZ plane.
+    orientation : {"Z", "Y", "X"}
+        The axis the plane was cut along (see
+        :mod:`~cellrefine.training.orientations`): ``"Z"`` an XY plane (rows
+        Y, columns X); ``"Y"`` an XZ plane and ``"X"`` a YZ plane, whose rows
+        are Z resampled to the in-plane spacing (columns X, resp. Y).
     """
 
     image: np.ndarray
     labels: np.ndarray
     mask: np.ndarray | None = None
     source: tuple = (0, 0, 0)
+    orientation: str = "Z"
 
     @property
     def shape(self) -> tuple:
@@ -168,11 +178,31 @@ def _instance_plane(labels: np.ndarray) -> np.ndarray:
     return relabel_sequential(labels)[0]
 
 
-def collect_planes(images, labels, masks=None, axes=None, kind: str = "instances", model=None) -> list[Plane]:
-    """Validate the training inputs and return their reviewed planes.
+def _per_image(value, name: str, count: int, is_one) -> list:
+    """``value`` for each of ``count`` images: one value for all, or a list/tuple with one per image."""
+    if isinstance(value, (list, tuple)) and value and not is_one(value):
+        if len(value) != count:
+            raise ValueError(f"got {len(value)} {name} entries for {count} image(s); pass one for all images or one per image.")
+        return list(value)
+    return [value] * count
 
-    Planes whose mask has no reviewed pixel are skipped without being read
-    or normalised.
+
+def _is_one_scale(scale) -> bool:
+    """A scale (numbers), not a list of per-image scales (sequences or None)."""
+    return not all(entry is None or (hasattr(entry, "__len__") and not isinstance(entry, str)) for entry in scale)
+
+
+def collect_planes(
+    images, labels, masks=None, axes=None, kind: str = "instances", model=None, *, scale=None, slice_axes: str = "auto"
+) -> list[Plane]:
+    """Validate the training inputs and return their training planes.
+
+    Planes that are not training planes are skipped without being read or
+    normalised (an XZ/YZ plane needs every Z plane of its time point read).
+    In a stack, a plane in any orientation is a training plane only if its
+    reviewed pixels hold a 2 x 2 square (see
+    :mod:`~cellrefine.training.orientations`); in a 2D image any reviewed
+    pixel makes its plane a training plane.
 
     Parameters
     ----------
@@ -189,17 +219,28 @@ def collect_planes(images, labels, masks=None, axes=None, kind: str = "instances
     kind : {"instances", "semantic"}
     model : Model, optional
         Gives the normalisation and input channels (see :class:`cellrefine.reader.PlaneReader`).
+    scale : sequence of numbers, or list of them (one per image), optional
+        Voxel size, as a napari layer's ``scale`` (see :func:`cellrefine.axes.check_scale`);
+        XZ/YZ planes are resampled along Z by ``scale_z / scale_x`` (XZ) or
+        ``scale_z / scale_y`` (YZ). None: isotropic.
+    slice_axes : str
+        The axes training planes are cut along: ``"Z"`` XY planes, ``"Y"`` XZ
+        planes, ``"X"`` YZ planes, or a combination such as ``"ZYX"``;
+        ``"auto"`` = ``"ZYX"`` for images with a Z axis of 2 planes or more, else ``"Z"``.
 
     Returns
     -------
     list of Plane
+        Per image and time point: the XY planes (by z), then the XZ planes (by y), then the YZ planes (by x).
 
     Raises
     ------
     TypeError, ValueError
         Mismatched lengths, shapes or dtypes, classes outside 0..2, masks
-        that are not bool or 0/1, or nothing to learn from (no reviewed
-        pixel, or no object and no mask).
+        that are not bool or 0/1, a bad ``scale`` or ``slice_axes`` (Y/X for
+        an image without a Z axis), or nothing to learn from (no reviewed
+        pixel, reviewed pixels that form no training plane, or no object and
+        no mask).
 
     Warns
     -----
@@ -207,7 +248,7 @@ def collect_planes(images, labels, masks=None, axes=None, kind: str = "instances
         Bool instance labels (split into connected regions), or instance
         labels that look like a class map (:func:`looks_like_class_map`).
     """
-    from ..axes import check_axes, spatial_shape
+    from ..axes import check_axes, check_scale, spatial_shape
     from ..reader import PlaneReader, check_image
 
     images = _as_list(images, "images")
@@ -224,10 +265,13 @@ def collect_planes(images, labels, masks=None, axes=None, kind: str = "instances
         raise ValueError(f"got {len(axes_list)} axes strings for {len(images)} images.")
     if kind not in KINDS:
         raise ValueError(f"kind must be 'instances' or 'semantic', got {kind!r}.")
-    planes = []
+    slice_axes = check_slice_axes(slice_axes)
+    scales = _per_image(scale, "scale", len(images), _is_one_scale)
+    planes, reviewed_anywhere = [], False
     for index, image in enumerate(images):
         image = check_image(image)
         image_axes = check_axes(image.shape, axes_list[index])
+        image_scale = check_scale(scales[index], image_axes)
         expected = spatial_shape(image.shape, image_axes)
         label = np.asarray(labels[index])
         if label.shape != expected:
@@ -238,25 +282,65 @@ def collect_planes(images, labels, masks=None, axes=None, kind: str = "instances
         mask = None
         if masks is not None and masks[index] is not None:
             mask = _checked_mask(masks[index], index, expected)
+            reviewed_anywhere = reviewed_anywhere or bool(mask.any())
         reader = PlaneReader(image, image_axes, model)
+        image_slice_axes = resolve_slice_axes(slice_axes, image_axes, reader.shape[1], index)
         label_view = _tzyx(label, image_axes)
         mask_view = None if mask is None else _tzyx(mask, image_axes)
-        n_t, n_z = reader.shape[:2]
-        for t in range(n_t):
-            for z in range(n_z):
-                mask_plane = None if mask_view is None else np.array(mask_view[t, z])
-                if mask_plane is not None and not mask_plane.any():
-                    continue
-                label_plane = np.array(label_view[t, z])
-                if kind == "instances":
-                    label_plane = _instance_plane(label_plane)
-                planes.append(Plane(reader.plane(t, z), label_plane, mask_plane, (index, t, z)))
+        for t in range(reader.shape[0]):
+            planes.extend(
+                _time_point_planes(
+                    reader, label_view[t], None if mask_view is None else mask_view[t], kind, image_slice_axes, image_scale, (index, t)
+                )
+            )
     if not planes:
+        if reviewed_anywhere:
+            raise ValueError(
+                "the reviewed pixels form no training plane: in a stack, a plane (XY, XZ or YZ) is trained on only where its reviewed "
+                f"pixels hold a 2 x 2 square, and slice_axes {slice_axes!r} chooses the orientations. A correction painted "
+                "in an XZ (YZ) view needs slice_axes with 'Y' ('X'), e.g. 'ZYX' (or 'auto'); mark a larger region as reviewed otherwise."
+            )
         raise ValueError("no pixel is marked as reviewed in any mask: nothing to learn from. Paint corrections or mark a region as reviewed first.")
     if all(plane.mask is None for plane in planes) and not any(plane.labels.any() for plane in planes):
         raise ValueError(
             "the labels contain no objects and no mask marks reviewed background: nothing to learn from. Paint some objects, or pass masks for reviewed background."
         )
+    return planes
+
+
+def _time_point_planes(reader, label_volume, mask_volume, kind: str, slice_axes: str, scale: tuple, where: tuple) -> list[Plane]:
+    """The training planes of one (Z, Y, X) time point: XY planes by z, then XZ by y, then YZ by x."""
+    index, t = where
+    mask_volume = None if mask_volume is None else np.asarray(mask_volume)
+    positions = training_positions(mask_volume, reader.shape[1:], slice_axes)
+    cut = {letter: positions[letter] for letter in "YX" if positions[letter].size}
+    if not positions["Z"].any() and not cut:
+        return []
+
+    def labels_of(plane):
+        return _instance_plane(plane) if kind == "instances" else plane
+
+    planes, image_parts = [], {letter: [] for letter in cut}
+    for z in range(reader.shape[1]):
+        if not (positions["Z"][z] or cut):
+            continue
+        image_plane = reader.plane(t, z)
+        if positions["Z"][z]:
+            mask_plane = None if mask_volume is None else np.array(mask_volume[z])
+            planes.append(Plane(image_plane, labels_of(np.array(label_volume[z])), mask_plane, (index, t, z)))
+        for letter, kept in cut.items():  # the rows (y) or columns (x) of the XZ/YZ planes
+            image_parts[letter].append(image_plane[:, kept, :] if letter == "Y" else image_plane[:, :, kept])
+    for letter, kept in cut.items():
+        factor = z_factor(scale, letter)
+        image_part = np.stack(image_parts.pop(letter))  # (Z, C, n, X) or (Z, C, Y, n)
+        sub = (slice(None), kept) if letter == "Y" else (slice(None), slice(None), kept)
+        label_part = np.asarray(label_volume[sub])
+        mask_part = None if mask_volume is None else mask_volume[sub]
+        for i, position in enumerate(kept.tolist()):
+            image_plane = cut_plane(image_part, letter, i, factor, order=1)
+            label_plane = labels_of(cut_plane(label_part, letter, i, factor, order=0))
+            mask_plane = None if mask_part is None else cut_plane(mask_part, letter, i, factor, order=0)
+            planes.append(Plane(image_plane, label_plane, mask_plane, (index, t, position), letter))
     return planes
 
 

@@ -10,7 +10,7 @@ from pathlib import PurePath
 
 import numpy as np
 
-__all__ = ["finetune_summary", "library_versions", "data_fingerprint", "parent_file", "loss_curve"]
+__all__ = ["finetune_summary", "library_versions", "data_fingerprint", "parent_file", "loss_curve", "plane_orientations"]
 
 
 def library_versions() -> dict:
@@ -47,6 +47,17 @@ def loss_curve(losses, every: int = 10) -> list:
     return [round(float(np.mean(losses[i : i + every])), 4) for i in range(0, len(losses), every)]
 
 
+def plane_orientations(planes) -> dict:
+    """How many training planes of each orientation: ``{"XY": n, "XZ": n, "YZ": n}``, orientations without a plane left out."""
+    from .orientations import PLANE_NAMES
+
+    counts = {}
+    for plane in planes:
+        name = PLANE_NAMES[getattr(plane, "orientation", "Z")]
+        counts[name] = counts.get(name, 0) + 1
+    return {name: counts[name] for name in PLANE_NAMES.values() if name in counts}
+
+
 def base_record(parent, settings, planes, fingerprint: str) -> dict:
     """The fields of a fine-tune's provenance record known before training."""
     from ..tiling import weights_fingerprint
@@ -58,6 +69,7 @@ def base_record(parent, settings, planes, fingerprint: str) -> dict:
         "parent_weights": weights_fingerprint(parent.network),
         "data_shapes": [list(plane.shape) for plane in planes],
         "reviewed_pixels": [plane.reviewed_pixels for plane in planes],
+        "plane_orientations": plane_orientations(planes),
         "data_sha256": fingerprint,
         "versions": library_versions(),
         "settings": dataclasses.asdict(settings),
@@ -120,6 +132,9 @@ def finetune_summary(model) -> list[str]:
         lines.append(f"stopped after {steps} of {planned} steps")
     if checkpoint.get("step") not in (None, steps):
         lines.append(f"kept the checkpoint of step {checkpoint['step']} of {steps}, the best on {checkpoint.get('judged_on', 'the reviewed pixels')}")
+    orientations = record.get("plane_orientations") or {}
+    if set(orientations) - {"XY"}:
+        lines.append("trained on " + ", ".join(f"{n} {name}" for name, n in orientations.items()) + " plane(s)")
     if record.get("evaluated_planes") is not None and record["evaluated_planes"] < len(record.get("data_shapes", [])):
         lines.append(f"figures measured on {record['evaluated_planes']} of {len(record['data_shapes'])} reviewed planes")
     if accuracy_before is not None and accuracy_after is not None and accuracy_after < accuracy_before - 0.01:
