@@ -350,7 +350,14 @@ def test_small_planes_are_batched_and_give_the_same_answer(tiny_model, monkeypat
     monkeypatch.setattr(inference, "inference_network", recording)
     progress = []
     batched = segment(
-        stack, model=tiny_model, axes="ZYX", device="cpu", return_probabilities=True, batch_size=8, stack_mode="stitch", progress=lambda d, t: progress.append((d, t))
+        stack,
+        model=tiny_model,
+        axes="ZYX",
+        device="cpu",
+        return_probabilities=True,
+        batch_size=8,
+        stack_mode="stitch",
+        progress=lambda d, t: progress.append((d, t)),
     )
     assert shapes[0][0] == 5  # every plane in one forward pass
     assert progress == [(5, 5)]
