@@ -402,3 +402,29 @@ def test_distillation_is_dropped_where_the_parent_is_out_of_its_domain(tiny_mode
     assert strict[0].teacher is None and strict.teacher_confidence[0] == confidence
     tuned = finetune(tiny_model, [image], [labels], masks=[mask], steps=2, **{**FAST, "distill_confidence": 0.0})
     assert tuned.config["provenance"][-1]["teacher_confidence"] == [confidence]
+
+
+def test_min_size_rises_only_when_small_pieces_are_fragments():
+    from cellrefine.training.calibrate import MIN_SIZE_FRACTIONS, calibrate_min_size
+
+    current = {"foreground_threshold": 0.5, "seed_threshold": 0.6, "min_seed_size": 1, "min_size": 15, "stitch_threshold": 0.25}
+    truth = np.zeros((80, 120), np.int32)
+    cell = np.zeros(truth.shape, np.float32)
+    for k in range(4):  # four true 20 x 20 objects (area 400)
+        truth[10:30, 5 + 28 * k : 25 + 28 * k] = k + 1
+        cell[10:30, 5 + 28 * k : 25 + 28 * k] = 0.95
+    for k in range(6):  # six predicted 5 x 5 pieces (area 25 > min_size 15) where there is nothing
+        cell[50:55, 5 + 18 * k : 10 + 18 * k] = 0.95
+    probabilities = np.stack([1 - cell, cell, np.zeros_like(cell)])
+    chosen, table = calibrate_min_size([probabilities], [[("reviewed", truth, None)]], current)
+    assert [size for size, _ in table] == [15] + [int(round(f * 400)) for f in MIN_SIZE_FRACTIONS]  # 15, 20, 40, 100
+    assert table[0][1] < 0.6 and chosen["min_size"] in (40, 100)  # 4 of 10 predicted objects are right before; all after
+    assert {k: v for k, v in chosen.items() if k != "min_size"} == {k: v for k, v in current.items() if k != "min_size"}
+    # the same objects without the pieces: nothing to gain, min_size stays
+    clean = cell.copy()
+    clean[50:55] = 0
+    chosen, table = calibrate_min_size([np.stack([1 - clean, clean, np.zeros_like(clean)])], [[("reviewed", truth, None)]], current)
+    assert chosen["min_size"] == 15 and len(table) == 4
+    # no reviewed object: nothing to measure, nothing changes
+    chosen, table = calibrate_min_size([probabilities], [[("kept", truth, None)]], current)
+    assert chosen == current and table == []

@@ -9,7 +9,7 @@ import numpy as np
 from ..metrics import correction_scores
 from ..metrics.corrections import CORRECTION_KEYS
 from ..targets import instances_to_semantic
-from .calibrate import POSTPROCESS_KEYS, calibrate_postprocess, calibration_references
+from .calibrate import POSTPROCESS_KEYS, calibrate_min_size, calibrate_postprocess, calibration_references
 from .inputs import Plane
 from .scoring import reviewed_pixel_scores
 from .settings import TrainSettings
@@ -38,6 +38,8 @@ class Evaluation:
         ``[foreground, seed, mean_f1]`` rows when the thresholds were re-picked.
     planes : int
         Planes evaluated (and calibrated on).
+    min_size_calibration : list or None
+        ``[min_size, mean_f1]`` rows of :func:`~cellrefine.training.calibrate.calibrate_min_size`.
     """
 
     metrics_before: dict
@@ -49,10 +51,14 @@ class Evaluation:
     postprocess: dict
     calibration: list | None
     planes: int
+    min_size_calibration: list | None = None
 
 
 def _thresholds(settings) -> dict:
-    return {"foreground_threshold": float(settings["foreground_threshold"]), "seed_threshold": float(settings["seed_threshold"])}
+    thresholds = {"foreground_threshold": float(settings["foreground_threshold"]), "seed_threshold": float(settings["seed_threshold"])}
+    if "min_size" in settings:
+        thresholds["min_size"] = int(settings["min_size"])
+    return thresholds
 
 
 def iter_evaluate(parent, network, planes: list[Plane], kind: str, settings: TrainSettings, device):
@@ -101,7 +107,7 @@ def iter_evaluate(parent, network, planes: list[Plane], kind: str, settings: Tra
     if kind == "semantic":
         return Evaluation(metrics_before, metrics_after, None, None, _thresholds(base_dict), _thresholds(base_dict), current, None, len(planes))
 
-    chosen, table = current, None
+    chosen, table, min_size_table = current, None, None
     if settings.calibrate_postprocess:
         yield "calibrating", f"Re-picking the watershed thresholds on your reviewed pixels ({len(planes)} plane(s))…"
         references = [
@@ -109,6 +115,7 @@ def iter_evaluate(parent, network, planes: list[Plane], kind: str, settings: Tra
             for plane, parent in zip(planes, parent_instances)
         ]
         chosen, table = calibrate_postprocess(new_probabilities, references, current)
+        chosen, min_size_table = calibrate_min_size(new_probabilities, references, chosen)
     tuned = PostprocessSettings(**chosen)
     objects_before = dict.fromkeys(CORRECTION_KEYS, 0)
     objects_after = dict.fromkeys(CORRECTION_KEYS, 0)
@@ -119,5 +126,14 @@ def iter_evaluate(parent, network, planes: list[Plane], kind: str, settings: Tra
                 totals[key] += value
     thresholds_after = _thresholds({**base_dict, **chosen})
     return Evaluation(
-        metrics_before, metrics_after, objects_before, objects_after, _thresholds(base_dict), thresholds_after, chosen, table, len(planes)
+        metrics_before,
+        metrics_after,
+        objects_before,
+        objects_after,
+        _thresholds(base_dict),
+        thresholds_after,
+        chosen,
+        table,
+        len(planes),
+        min_size_table,
     )

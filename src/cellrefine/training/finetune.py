@@ -313,6 +313,8 @@ def iter_finetune(
     )
     if evaluation.calibration is not None:
         entry["postprocess_calibration"] = evaluation.calibration
+    if evaluation.min_size_calibration:
+        entry["min_size_calibration"] = evaluation.min_size_calibration
     final.config["provenance"] = list(model.config.get("provenance", [])) + [entry]
     final.config["name"] = _tuned_name(model.name)
     return final

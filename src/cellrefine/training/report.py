@@ -126,6 +126,10 @@ def finetune_summary(model) -> list[str]:
                 "thresholds re-picked on your reviewed pixels: "
                 f"foreground {old[keys[0]]:.2f} → {new[keys[0]]:.2f}, seed {old[keys[1]]:.2f} → {new[keys[1]]:.2f}"
             )
+        if "min_size" in old and "min_size" in new and old["min_size"] != new["min_size"]:
+            lines.append(
+                f"smallest object raised on your reviewed objects: {old['min_size']} → {new['min_size']} px (pieces below it were fragments)"
+            )
     steps, planned = record.get("steps"), record.get("planned_steps", record.get("steps"))
     checkpoint = record.get("checkpoint") or {}
     if record.get("stopped_early"):
