@@ -67,7 +67,9 @@ def bundle_record(before: dict, after: dict, source: str, chosen_on: str, date: 
     return record
 
 
-def bundle(model, postprocess: dict, name: str, source: str, chosen_on: str, date: str | None = None, note: str | None = None):
+def bundle(
+    model, postprocess: dict, name: str, source: str, chosen_on: str, date: str | None = None, note: str | None = None, license: str = LICENSE
+):
     """Give ``model`` its bundled name, licence, post-processing defaults and provenance (in place); returns it."""
     from cellrefine.postprocess import PostprocessSettings
 
@@ -78,7 +80,7 @@ def bundle(model, postprocess: dict, name: str, source: str, chosen_on: str, dat
     model.config["provenance"].append(bundle_record(before, after, source, chosen_on, date=date, note=note))
     model.config["postprocess"] = after
     model.config["name"] = name
-    model.config["license"] = LICENSE
+    model.config["license"] = license
     return model
 
 
@@ -98,11 +100,12 @@ def main(argv=None) -> int:
         "--chosen-on", default="nuclei/val with benchmarks/evaluate.py", help="where the thresholds were chosen (goes in the provenance)"
     )
     parser.add_argument("--name", default="nuclei_v1")
+    parser.add_argument("--license", default=LICENSE, help="the weights' licence and what data they were trained on")
     args = parser.parse_args(argv)
 
     model = cr.load_model(args.checkpoint)
     postprocess = {key: getattr(args, key) for key in POSTPROCESS_KEYS}
-    bundle(model, postprocess, args.name, args.checkpoint, args.chosen_on)
+    bundle(model, postprocess, args.name, args.checkpoint, args.chosen_on, license=args.license)
     target = model.save(WEIGHTS / f"{args.name}.safetensors")
     print(f"wrote {target} ({target.stat().st_size / 1e6:.2f} MB) from {args.checkpoint}; postprocess {model.config['postprocess']}")
     return 0

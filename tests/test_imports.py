@@ -102,5 +102,6 @@ def test_wheel_ships_the_manifest(built_wheel, tmp_path):
         "napari-cellrefine.segment_widget",
         "napari-cellrefine.finetune_widget",
         "napari-cellrefine.sample_nuclei",
+        "napari-cellrefine.sample_cells",
     }
-    assert [s.key for s in manifest.contributions.sample_data] == ["nuclei"]
+    assert [s.key for s in manifest.contributions.sample_data] == ["nuclei", "cells"]

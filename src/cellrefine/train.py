@@ -57,6 +57,7 @@ def main(argv=None) -> int:
     import torch
 
     from .model.io import Model
+    from .targets import largest_piece_per_label
     from .training import Plane, Sampler, SampleSet, TrainSettings, optimize
 
     parser = argparse.ArgumentParser(prog="python -m cellrefine.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -74,6 +75,9 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     parser.add_argument("--name", default="nuclei_v1")
+    parser.add_argument(
+        "--largest-piece", action="store_true", help="keep only the largest connected piece of each labelled object (drops annotation specks)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.threads:
@@ -96,6 +100,8 @@ def main(argv=None) -> int:
     ).validate()
     started = time.time()
     pairs = load_npz_folder(args.train_dir)
+    if args.largest_piece:
+        pairs = [(image, largest_piece_per_label(labels), name) for image, labels, name in pairs]
     samples = SampleSet([Plane(grey_plane(image), np.asarray(labels)) for image, labels, _ in pairs], "instances", settings)
     sampler = Sampler(samples, settings.crop_size, np.random.default_rng(args.seed), image_weights="uniform")  # every image equally likely
     architecture = {"in_channels": 1, "out_channels": 3, "depth": args.depth, "base_channels": args.base_channels, "norm": "batch"}
@@ -107,7 +113,8 @@ def main(argv=None) -> int:
     record = {
         "kind": "train",
         "parent": None,
-        "data": Path(args.train_dir).name,
+        "data": "/".join(Path(args.train_dir).resolve().parts[-2:]),
+        "largest_piece": bool(args.largest_piece),
         "n_images": len(samples),
         "settings": dataclasses.asdict(settings),
         "steps": args.steps,

@@ -17,7 +17,7 @@ def test_manifest_validates():
     assert manifest.name == PLUGIN
     manifest.validate_imports()  # every python_name resolves
     assert {w.display_name for w in manifest.contributions.widgets} == {"Segment", "Fine-tune"}
-    assert [s.key for s in manifest.contributions.sample_data] == ["nuclei"]
+    assert [s.key for s in manifest.contributions.sample_data] == ["nuclei", "cells"]
     # the copy at the repository root documents the same manifest
     root = Path(__file__).resolve().parents[2] / "napari.yaml"
     if root.exists():

@@ -1,4 +1,4 @@
-"""The model dropdown: bundled model, recently used files, the in-memory model, Load…"""
+"""The model dropdown: the bundled models, recently used files, the in-memory model, Load…"""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QComboBox, QWidget
 
+from ..model.bundled import BUNDLED_MODELS
 from .controls import ask_model_path, stacked, wrapped_label
 from .recent import load_recent_models
 from .workers import report_error
@@ -17,11 +18,12 @@ __all__ = ["ModelPicker"]
 class ModelPicker(QWidget):
     """Shows and changes the session's current model.
 
-    Entries: "Bundled model", the recent model files (persisted, see
-    :mod:`.recent`), the in-memory model (e.g. just fine-tuned) when there is
-    one, and "Load model file…" (a file dialog). Under the dropdown, a line
-    says which model is current (it follows the session: lazy loading,
-    fine-tuning, Load…).
+    Entries: every bundled model ("nuclei (bundled)", "cells (bundled)", each
+    with a tooltip saying what it is for; :mod:`cellrefine.model.bundled`), the
+    recent model files (persisted, see :mod:`.recent`), the in-memory model
+    (e.g. just fine-tuned) when there is one, and "Load model file…" (a file
+    dialog). Under the dropdown, a line says which model is current (it follows
+    the session: lazy loading, fine-tuning, Load…).
     """
 
     def __init__(self, session, parent=None):
@@ -37,7 +39,10 @@ class ModelPicker(QWidget):
 
     def refresh(self) -> None:
         session = self.session
-        entries = [("Bundled model", ("bundled", None), "The nuclei model shipped with CellRefine")]
+        entries = [
+            (f"{bundled.name} (bundled)", ("bundled", bundled.name), f"{bundled.stem}, shipped with CellRefine: {bundled.description}")
+            for bundled in BUNDLED_MODELS.values()
+        ]
         if session.model_source[0] == "memory" and session.model is not None:
             entries.insert(0, (f"{session.model.name} (in memory)", ("memory", None), "Not saved yet: use Save… in Fine-tune"))
         recent = load_recent_models()
@@ -59,13 +64,15 @@ class ModelPicker(QWidget):
         self.combo.setCurrentIndex(selected)
         self.combo.blockSignals(False)
         self.description.setText(f"Current: {session.model_description()}")
-        self.description.setToolTip(self.description.text())
+        kind, value = session.model_source
+        purpose = f" ({BUNDLED_MODELS[value].description})" if kind == "bundled" and value in BUNDLED_MODELS else ""
+        self.description.setToolTip(self.description.text() + purpose)
 
     def _on_activated(self, index: int) -> None:
         kind, value = self.combo.itemData(index)
         try:
-            if kind == "bundled" and self.session.model_source[0] != "bundled":
-                self.session.use_bundled()
+            if kind == "bundled" and self.session.model_source != (kind, value):
+                self.session.use_bundled(value)
             elif kind == "file":
                 self.session.load_model_file(value)
             elif kind == "browse":

@@ -4,8 +4,10 @@ One :class:`Session` per viewer, kept in a module-level
 ``WeakKeyDictionary`` keyed by the viewer (:func:`get_session`): when the
 viewer goes away, so does its session. A session holds
 
-* the current model (the bundled one is loaded lazily, on first use, so the
-  widgets open even when its weights are not installed);
+* the current model and where it came from (``model_source``: ``("bundled", name)``,
+  ``("file", path)`` or ``("memory", name)``); a bundled model (``nuclei`` until
+  another is chosen, see :mod:`cellrefine.model.bundled`) is loaded lazily, on
+  first use, so the widgets open even when its weights are not installed;
 * the last segmentation of each Image layer (:class:`SegmentationRecord`,
   with cached probabilities for re-running the watershed);
 * a :class:`~cellrefine._qt.corrections.CorrectionTracker` per result Labels
@@ -63,6 +65,12 @@ def get_session(viewer: napari.Viewer) -> Session:
     return session
 
 
+def _load_bundled(name: str) -> Model:
+    from ..model.io import load_model
+
+    return load_model(f"bundled:{name}")
+
+
 def layer_ref(layer):
     """A weak reference to ``layer`` (None stays None)."""
     return None if layer is None else weakref.ref(layer)
@@ -97,8 +105,11 @@ class Session(QObject):
     def __init__(self, viewer: napari.Viewer):
         super().__init__()
         self._viewer = weakref.ref(viewer)
+        from ..model.bundled import DEFAULT_BUNDLED
+
         self._model: Model | None = None
-        self.model_source: tuple[str, str | None] = ("bundled", None)
+        self.model_source: tuple[str, str | None] = ("bundled", DEFAULT_BUNDLED)
+        self._bundled_name = DEFAULT_BUNDLED  # the bundled model chosen last: what lazy loading and Revert use
         self._records: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._trackers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._last_image = None
@@ -111,7 +122,7 @@ class Session(QObject):
 
     # -- model -----------------------------------------------------------------------
     def get_model(self) -> Model:
-        """The current model; loads the bundled one on first use.
+        """The current model; loads the chosen bundled one (``nuclei`` by default) on first use.
 
         Raises
         ------
@@ -119,13 +130,11 @@ class Session(QObject):
             The bundled weights are not installed (load a saved model instead).
         """
         if self._model is None:
-            from ..model.io import load_model
-
             try:
-                self._model = load_model()
+                self._model = _load_bundled(self._bundled_name)
             except FileNotFoundError as error:
                 raise FileNotFoundError(f"the bundled CellRefine model is not installed ({error}); load a saved model with 'Load…'.") from None
-            self.model_source = ("bundled", None)
+            self.model_source = ("bundled", self._bundled_name)
             self.model_changed.emit()
         return self._model
 
@@ -153,21 +162,41 @@ class Session(QObject):
         self.set_model(model, ("file", str(path)))
         return model
 
-    def use_bundled(self) -> Model:
-        """Revert to the bundled model (loaded now, so a missing file is reported now)."""
-        from ..model.io import load_model
+    def use_bundled(self, name: str | None = None) -> Model:
+        """Make a bundled model current (loaded now, so a missing file is reported now).
 
+        Parameters
+        ----------
+        name : str, optional
+            A bundled model's name (``"nuclei"``, ``"cells"``; see
+            :func:`cellrefine.model.bundled.bundled_names`); None: the bundled
+            model chosen last (``"nuclei"`` if none was), which is what
+            "Revert to bundled" goes back to.
+
+        Raises
+        ------
+        ValueError
+            ``name`` is not a bundled model.
+        FileNotFoundError
+            Its weights are not installed.
+        """
+        from ..model.bundled import BUNDLED_MODELS, describe_bundled
+
+        name = self._bundled_name if name is None else name
+        if name not in BUNDLED_MODELS:
+            raise ValueError(f"{name!r} is not a bundled CellRefine model; choose one of {describe_bundled()}.")
         try:
-            model = load_model()
+            model = _load_bundled(name)
         except FileNotFoundError as error:
             raise FileNotFoundError(f"the bundled CellRefine model is not installed ({error}).") from None
-        self.set_model(model, ("bundled", None))
+        self._bundled_name = name
+        self.set_model(model, ("bundled", name))
         return model
 
     def model_description(self) -> str:
         kind, value = self.model_source
         if self._model is None:
-            return "bundled model (loaded on first use)"
+            return f"bundled {self._bundled_name} model (loaded on first use)"
         if kind == "file":
             return f"{self._model.name} ({value})"
         if kind == "bundled":

@@ -15,16 +15,17 @@ import copy
 import json
 import logging
 import os
-from importlib import resources
 from pathlib import Path
 
+from .bundled import BUNDLED_MODELS, DEFAULT_BUNDLED, bundled_model_path, bundled_name, bundled_names, describe_bundled
 from .config import FORMAT, FORMAT_VERSION, ModelFileError, check_weights, validate_config
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Model", "ModelFileError", "load_model", "bundled_model_path", "BUNDLED_MODEL", "FORMAT_VERSION"]
+__all__ = ["Model", "ModelFileError", "load_model", "bundled_model_path", "bundled_names", "BUNDLED_MODEL", "FORMAT_VERSION"]
 
-BUNDLED_MODEL = "nuclei_v1"
+#: File stem (= config name) of the default bundled model (see :mod:`cellrefine.model.bundled` for all of them).
+BUNDLED_MODEL = BUNDLED_MODELS[DEFAULT_BUNDLED].stem
 _WEIGHTS_NAME = "model.safetensors"
 _CONFIG_NAME = "config.json"
 # Written by CellRefine 0.1 but never honoured (normalisation is always per stack and
@@ -79,7 +80,8 @@ class Model:
         ``normalization.scope``) are dropped.
     path : str
         Only on models from :func:`load_model`: the path it was given, or
-        ``"bundled:nuclei_v1"`` for the bundled model.
+        ``"bundled:<file stem>"`` for a bundled model (``"bundled:nuclei_v1"``,
+        ``"bundled:cells_v1"``; ``load_model`` reads these back).
     """
 
     def __init__(self, network=None, config: dict | None = None):
@@ -239,7 +241,10 @@ def _resolve(path) -> tuple[Path, Path | None]:
     """Return (weights file, config file or None)."""
     path = Path(path).expanduser()
     if not path.exists():
-        raise FileNotFoundError(f"model path {path} does not exist; pass a saved .safetensors file or model folder, or None for the bundled model.")
+        raise FileNotFoundError(
+            f"model path {path} does not exist; pass a saved .safetensors file or model folder, or the name of a bundled model "
+            f"({describe_bundled()})."
+        )
     if path.is_dir():
         weights = path / _WEIGHTS_NAME
         if not weights.is_file():
@@ -249,21 +254,21 @@ def _resolve(path) -> tuple[Path, Path | None]:
     return path, None
 
 
-def bundled_model_path() -> Path:
-    """Path of the bundled weights file inside the installed package (it may be missing from a broken install)."""
-    return Path(str(resources.files("cellrefine.model") / "weights" / f"{BUNDLED_MODEL}.safetensors"))
-
-
 def load_model(path=None, device: str = "cpu") -> Model:
-    """Load a model saved by :meth:`Model.save`, or the bundled one.
+    """Load a model saved by :meth:`Model.save`, or a bundled one by name.
 
     Parameters
     ----------
     path : str or Path, optional
-        A ``.safetensors`` file, a model folder, or a bioimage.io package
+        A ``.safetensors`` file, a model folder, a bioimage.io package
         (``.zip``) written by ``cellrefine export``
-        (:func:`cellrefine.export.export_bioimageio`). None loads the bundled
-        nuclei model shipped with the package.
+        (:func:`cellrefine.export.export_bioimageio`), or the name of a model
+        shipped with the package: ``"nuclei"`` (fluorescent/stained nuclei;
+        also what None loads) or ``"cells"`` (whole cells in phase contrast),
+        see :mod:`cellrefine.model.bundled`. An existing file or folder
+        of the same name wins over a bundled name; ``"bundled:cells"`` always
+        means the bundled model (as do the ``"bundled:cells_v1"`` strings that
+        :attr:`Model.path` records).
     device : {"auto", "cpu", "cuda", "mps"} or torch.device
         Where to put the network.
 
@@ -274,7 +279,11 @@ def load_model(path=None, device: str = "cpu") -> Model:
     Raises
     ------
     FileNotFoundError
-        The path (or the bundled weights) does not exist.
+        The path does not exist and is not a bundled name (the message lists
+        the bundled models), or the bundled weights are missing (a broken
+        install).
+    ValueError
+        ``"bundled:NAME"`` with a ``NAME`` that is not bundled.
     ModelFileError
         The file is not safetensors (e.g. a pickle), is corrupt, its config
         is invalid (the message names the field, see
@@ -288,7 +297,16 @@ def load_model(path=None, device: str = "cpu") -> Model:
     """
     from ..device import resolve_device
 
-    weights_path, config_path = _resolve(bundled_model_path() if path is None else path)
+    name = DEFAULT_BUNDLED if path is None else bundled_name(path)
+    if name is None:
+        weights_path, config_path = _resolve(path)
+    else:
+        bundled_path = bundled_model_path() if name == DEFAULT_BUNDLED else bundled_model_path(name)
+        if not bundled_path.is_file():
+            raise FileNotFoundError(
+                f"the bundled {name!r} model's weights are missing ({bundled_path}): the installation is incomplete; reinstall napari-cellrefine."
+            )
+        weights_path, config_path = bundled_path, None
     package = None
     if config_path is None and weights_path.suffix.lower() == ".zip":  # a bioimage.io package: its attached CellRefine file
         from ..export import read_cellrefine_package
@@ -326,5 +344,5 @@ def load_model(path=None, device: str = "cpu") -> Model:
         ) from None
     model.network.to(resolve_device(device))
     model.network.eval()
-    model.path = str(path) if path is not None else f"bundled:{BUNDLED_MODEL}"
+    model.path = str(path) if name is None else f"bundled:{BUNDLED_MODELS[name].stem}"
     return model
