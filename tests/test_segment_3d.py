@@ -186,3 +186,20 @@ def test_thin_plane_border_changes_only_the_plane_edges():
     halo = network.halo
     assert np.abs(full[:, 20, halo : 300 - halo] - thin[:, 20, halo : 300 - halo]).max() < 0.05
     assert np.abs(full - thin).max() > 1e-3  # and the edges did change: the border is really smaller
+
+
+def test_review_next_of_a_3d_result_lists_only_candidates_of_an_object_volume():
+    from cellrefine.inference import Segmentation
+    from cellrefine.uncertainty import rank_segmentation
+
+    shape = (8, 32, 32)
+    foreground = np.zeros(shape, np.float32)
+    foreground[3:6, 10:14, 10:13] = 0.9  # 36 voxels of likely foreground in no object: above min_size 15, below its volume (58)
+    probabilities = np.stack([1 - foreground, foreground, np.zeros(shape, np.float32)]).astype(np.float16)
+    settings = PostprocessSettings(min_size=15)
+    common = dict(semantic=np.zeros(shape, np.uint8), instances=np.zeros(shape, np.uint32), probabilities=probabilities, axes="ZYX", device="cpu")
+    stitched = Segmentation(**common, settings=settings, stack_mode="stitch")
+    fused = Segmentation(**common, settings=settings, stack_mode="3d", scale=(1.0, 1.0, 1.0))
+    assert volume_threshold(15) == 59
+    assert [obj.missed for obj in rank_segmentation(stitched, include_missed=True)] == [True]
+    assert rank_segmentation(fused, include_missed=True) == []

@@ -24,11 +24,11 @@ import time
 import numpy as np
 
 from .axes import check_axes, check_scale, from_tzyx, to_tzcyx
-from .postprocess import PostprocessSettings, probabilities_to_instances, probabilities_to_instances_3d, stitch_planes
+from .orthogonal import MIN_3D_PLANES, STACK_MODES, iter_segment_3d, resolve_stack_mode
+from .postprocess import PostprocessSettings, offset_frames, probabilities_to_instances, probabilities_to_instances_3d, stitch_planes
 from .progress import Cancelled, run_to_end
-from .reader import PlaneReader, check_image
+from .reader import PlaneReader, check_image, check_planes
 from .tiling import (
-    argmax_classes,
     check_batch_size,
     check_tile_size,
     default_batch_size,
@@ -50,11 +50,6 @@ __all__ = [
     "MIN_3D_PLANES",
     "resolve_stack_mode",
 ]
-
-#: ``stack_mode`` values: ``"auto"`` picks by :func:`resolve_stack_mode`.
-STACK_MODES = ("auto", "3d", "stitch")
-#: ``stack_mode="auto"`` segments stacks with at least this many Z planes in 3D (see docs/benchmarks.md).
-MIN_3D_PLANES = 4
 
 
 class SegmentationCancelled(Cancelled):
@@ -129,47 +124,12 @@ class Segmentation:
         if self.stack_mode == "3d":
             for t in range(n_t):
                 instances[t] = probabilities_to_instances_3d(np.moveaxis(probabilities_tzcyx[t], 1, 0), settings, self.scale)
-            instances = _offset_frames(instances)
+            instances = offset_frames(instances)
         else:
             work = [(np.asarray(probabilities_tzcyx[t, z], np.float32), instances[t, z]) for t in range(n_t) for z in range(n_z)]
             _postprocess_planes(work, settings)
             instances = _link_stack(instances, settings)
         return dataclasses.replace(self, instances=from_tzyx(instances, self.axes), settings=settings)
-
-
-def _offset_frames(instances_tzyx: np.ndarray) -> np.ndarray:
-    """Offset each frame's ids 1..n so they are unique over T (in place)."""
-    offset = 0
-    for t in range(instances_tzyx.shape[0]):
-        frame = instances_tzyx[t]
-        n = int(frame.max()) if frame.size else 0
-        if offset and n:
-            np.add(frame, np.uint32(offset), out=frame, where=frame > 0)
-        offset += n
-    return instances_tzyx
-
-
-def resolve_stack_mode(stack_mode: str, n_z: int, planes=None) -> str:
-    """The mode that runs: ``"2d"`` (one plane per frame), ``"stitch"`` or ``"3d"``.
-
-    ``"auto"`` is ``"3d"`` for frames of at least :data:`MIN_3D_PLANES` Z planes
-    when all planes are segmented, else ``"stitch"``.
-
-    Raises
-    ------
-    TypeError, ValueError
-        ``stack_mode`` is not one of :data:`STACK_MODES`, or ``"3d"`` was asked
-        for a subset of ``planes`` (the 3D mode needs whole frames).
-    """
-    if not isinstance(stack_mode, str) or stack_mode not in STACK_MODES:
-        raise ValueError(f"stack_mode must be one of {', '.join(map(repr, STACK_MODES))}, got {stack_mode!r}.")
-    if n_z == 1:
-        return "2d"
-    if stack_mode == "3d" and planes is not None:
-        raise ValueError("stack_mode='3d' segments whole frames; pass planes=None, or stack_mode='stitch' to segment only some planes.")
-    if stack_mode == "auto":
-        return "3d" if planes is None and n_z >= MIN_3D_PLANES else "stitch"
-    return stack_mode
 
 
 def _link_stack(instances_tzyx: np.ndarray, settings: PostprocessSettings) -> np.ndarray:
@@ -178,50 +138,16 @@ def _link_stack(instances_tzyx: np.ndarray, settings: PostprocessSettings) -> np
     Every plane holds ids 1..n (``probabilities_to_instances``) and
     ``stitch_planes`` returns ids 1..n, so offsetting is all the relabelling needed.
     """
-    offset = 0
     for t in range(instances_tzyx.shape[0]):
-        frame = instances_tzyx[t]
-        if frame.shape[0] > 1:
-            stitch_planes(frame, settings.stitch_threshold, out=frame)
-        n = int(frame.max()) if frame.size else 0
-        if offset and n:
-            np.add(frame, np.uint32(offset), out=frame, where=frame > 0)
-        offset += n
-    return instances_tzyx
+        if instances_tzyx.shape[1] > 1:
+            stitch_planes(instances_tzyx[t], settings.stitch_threshold, out=instances_tzyx[t])
+    return offset_frames(instances_tzyx)
 
 
 def _postprocess_planes(work: list, settings: PostprocessSettings) -> None:
     """Watershed of each ``(probabilities, instances view)`` pair, in order (written in place)."""
     for probabilities, instances in work:
         instances[...] = probabilities_to_instances(probabilities, settings)
-
-
-def check_planes(planes, n_t: int, n_z: int) -> list[tuple[int, int]]:
-    """Validate ``planes`` (``(t, z)`` index pairs inside a stack of ``n_t`` x ``n_z`` planes); return them as int pairs,
-    in the given order, each once.
-
-    Raises
-    ------
-    TypeError
-        Not a sequence of pairs of integers (``True`` is not an index).
-    ValueError
-        Empty, or an index outside the stack.
-    """
-    if isinstance(planes, (str, bytes)) or not hasattr(planes, "__iter__"):
-        raise TypeError(f"planes must be a list of (t, z) index pairs, e.g. [(0, 3)], or None for all planes; got {type(planes).__name__}.")
-    checked = []
-    for plane in planes:
-        pair = tuple(plane) if hasattr(plane, "__iter__") and not isinstance(plane, (str, bytes)) else (plane,)
-        if len(pair) != 2 or not all(isinstance(i, (int, np.integer)) and not isinstance(i, (bool, np.bool_)) for i in pair):
-            raise TypeError(f"planes must hold (t, z) pairs of integers, got {plane!r}.")
-        t, z = int(pair[0]), int(pair[1])
-        if not (0 <= t < n_t and 0 <= z < n_z):
-            raise ValueError(f"plane index {(t, z)} is outside the stack (T={n_t}, Z={n_z}); indices start at 0.")
-        if (t, z) not in checked:
-            checked.append((t, z))
-    if not checked:
-        raise ValueError("planes is empty; pass None to segment every plane, or a list of (t, z) pairs.")
-    return checked
 
 
 def iter_segment(
@@ -273,9 +199,20 @@ def iter_segment(
     mode = resolve_stack_mode(stack_mode, n_z, planes)
     network, amp = inference_network(model.network, torch_device, precision)
     if mode == "3d":
-        result = yield from _iter_segment_3d(
+        started = time.perf_counter()
+        generator = iter_segment_3d(
             reader, network, amp, torch_device, tile_size, batch_size or default_batch_size(torch_device), scale, settings, return_probabilities
         )
+        try:
+            while True:
+                try:
+                    done, total, plane, view = next(generator)
+                except StopIteration as stop:
+                    result = stop.value
+                    break
+                yield SegmentProgress(done, total, plane, time.perf_counter() - started, view)
+        finally:
+            generator.close()
         semantic, instances, probabilities = result
         return Segmentation(
             semantic=from_tzyx(semantic, axes),
@@ -339,35 +276,6 @@ def iter_segment(
         stack_mode=mode,
         scale=scale,
     )
-
-
-def _iter_segment_3d(reader, network, amp, device, tile_size: int, batch_size: int, scale: tuple, settings, return_probabilities: bool):
-    """The 3D mode over every frame: fused views (:mod:`cellrefine.orthogonal`), arg-max, 3D watershed.
-
-    Yields :class:`SegmentProgress`; returns ``(semantic, instances, probabilities or None)`` as (T, Z, Y, X) arrays
-    ((3, T, Z, Y, X) for the probabilities).
-    """
-    from .orthogonal import iter_fused_probabilities, plan_views
-
-    n_t, n_z, height, width = reader.shape
-    plans = plan_views((n_z, height, width), scale, tile_size, network.grid)
-    frame_tiles = sum(plan.tiles for plan in plans)
-    total = frame_tiles * n_t
-    semantic = np.zeros((n_t, n_z, height, width), np.uint8)
-    instances = np.zeros((n_t, n_z, height, width), np.uint32)
-    probabilities = np.zeros((3, n_t, n_z, height, width), np.float16) if return_probabilities else None
-    started = time.perf_counter()
-    for t in range(n_t):
-        volume = np.stack([reader.plane(t, z) for z in range(n_z)], axis=1)  # (C, Z, Y, X), normalised
-        fused = probabilities[:, t] if probabilities is not None else np.empty((3, n_z, height, width), np.float16)
-        for done, view, index in iter_fused_probabilities(volume, network, amp, device, plans, batch_size, fused):
-            yield SegmentProgress(t * frame_tiles + done, total, (t, index), time.perf_counter() - started, view)
-        del volume
-        for z in range(n_z):
-            argmax_classes(fused[:, z], semantic[t, z])
-        instances[t] = probabilities_to_instances_3d(fused, settings, scale)
-        del fused
-    return semantic, _offset_frames(instances), probabilities
 
 
 def segment(image, model=None, axes: str | None = None, device="auto", progress=None, **kwargs) -> Segmentation:

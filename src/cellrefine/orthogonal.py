@@ -30,15 +30,30 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from .postprocess import offset_frames, probabilities_to_instances_3d
 from .resample import isotropic_length, resample_axis
-from .tiling import predict_planes, tile_layout
+from .tiling import argmax_classes, predict_planes, tile_layout
 
-__all__ = ["VIEWS", "THIN_PLANE_BORDER", "ViewPlan", "plan_views", "iter_fused_probabilities"]
+__all__ = [
+    "STACK_MODES",
+    "MIN_3D_PLANES",
+    "resolve_stack_mode",
+    "VIEWS",
+    "THIN_PLANE_BORDER",
+    "ViewPlan",
+    "plan_views",
+    "iter_fused_probabilities",
+    "iter_segment_3d",
+]
 
 #: The three views, named by the axes of their planes.
 VIEWS = ("YX", "ZX", "ZY")
 #: Mirror padding (pixels) at the edges of the ZX and ZY planes (the YX planes use the full halo).
 THIN_PLANE_BORDER = 16
+#: ``stack_mode`` values: ``"auto"`` picks by :func:`resolve_stack_mode`.
+STACK_MODES = ("auto", "3d", "stitch")
+#: ``stack_mode="auto"`` segments stacks with at least this many Z planes in 3D (see docs/benchmarks.md).
+MIN_3D_PLANES = 4
 #: Planes of the ZX/ZY views gathered into one block (one strided read of the frame, one write back).
 BLOCK_PLANES = 32
 
@@ -72,6 +87,29 @@ class ViewPlan:
     @property
     def tiles(self) -> int:
         return self.planes * self.tiles_per_plane
+
+
+def resolve_stack_mode(stack_mode: str, n_z: int, planes=None) -> str:
+    """The mode that runs: ``"2d"`` (one plane per frame), ``"stitch"`` or ``"3d"``.
+
+    ``"auto"`` is ``"3d"`` for frames of at least :data:`MIN_3D_PLANES` Z planes
+    when all planes are segmented, else ``"stitch"``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        ``stack_mode`` is not one of :data:`STACK_MODES`, or ``"3d"`` was asked
+        for a subset of ``planes`` (the 3D mode needs whole frames).
+    """
+    if not isinstance(stack_mode, str) or stack_mode not in STACK_MODES:
+        raise ValueError(f"stack_mode must be one of {', '.join(map(repr, STACK_MODES))}, got {stack_mode!r}.")
+    if n_z == 1:
+        return "2d"
+    if stack_mode == "3d" and planes is not None:
+        raise ValueError("stack_mode='3d' segments whole frames; pass planes=None, or stack_mode='stitch' to segment only some planes.")
+    if stack_mode == "auto":
+        return "3d" if planes is None and n_z >= MIN_3D_PLANES else "stitch"
+    return stack_mode
 
 
 def _thin_tile(rows: int, tile_size: int, grid: int) -> tuple[int, int]:
@@ -174,3 +212,31 @@ def iter_fused_probabilities(volume: np.ndarray, network, amp, device, plans: li
             if plan.rows != native_rows:
                 probabilities = resample_axis(probabilities, 2, native_rows, order=1)
             _add_block(out, plan.view, first, last, probabilities, assign=plan.view == "YX")
+
+
+def iter_segment_3d(reader, network, amp, device, tile_size: int, batch_size: int, scale: tuple, settings, return_probabilities: bool):
+    """The 3D mode over every frame of a :class:`cellrefine.reader.PlaneReader`: fused views, arg-max, 3D watershed.
+
+    Yields ``(tiles done, tiles total, (t, plane index), view)``; returns
+    ``(semantic, instances, probabilities or None)`` as (T, Z, Y, X) arrays
+    ((3, T, Z, Y, X) float16 for the probabilities), instance ids unique over T.
+    :func:`cellrefine.inference.iter_segment` drives it.
+    """
+    n_t, n_z, height, width = reader.shape
+    plans = plan_views((n_z, height, width), scale, tile_size, network.grid)
+    frame_tiles = sum(plan.tiles for plan in plans)
+    total = frame_tiles * n_t
+    semantic = np.zeros((n_t, n_z, height, width), np.uint8)
+    instances = np.zeros((n_t, n_z, height, width), np.uint32)
+    probabilities = np.zeros((3, n_t, n_z, height, width), np.float16) if return_probabilities else None
+    for t in range(n_t):
+        volume = np.stack([reader.plane(t, z) for z in range(n_z)], axis=1)  # (C, Z, Y, X), normalised
+        fused = probabilities[:, t] if probabilities is not None else np.empty((3, n_z, height, width), np.float16)
+        for done, view, index in iter_fused_probabilities(volume, network, amp, device, plans, batch_size, fused):
+            yield t * frame_tiles + done, total, (t, index), view
+        del volume
+        for z in range(n_z):
+            argmax_classes(fused[:, z], semantic[t, z])
+        instances[t] = probabilities_to_instances_3d(fused, settings, scale)
+        del fused
+    return semantic, offset_frames(instances), probabilities

@@ -349,3 +349,15 @@ def probabilities_to_instances_3d(
     lookup = np.zeros(len(sizes), np.uint32)
     lookup[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.uint32)
     return lookup[instances]
+
+
+def offset_frames(instances_tzyx: np.ndarray) -> np.ndarray:
+    """Offset the ids 1..n of each frame of a (T, Z, Y, X) label array so they are unique over T (in place; returned)."""
+    offset = 0
+    for t in range(instances_tzyx.shape[0]):
+        frame = instances_tzyx[t]
+        n = int(frame.max()) if frame.size else 0
+        if offset and n:
+            np.add(frame, np.uint32(offset), out=frame, where=frame > 0)
+        offset += n
+    return instances_tzyx

@@ -24,7 +24,16 @@ import numpy as np
 from .axes import check_axes, to_tzcyx, user_stacklevel
 from .normalize import BlankImageWarning, percentile_range, strided_sample, to_float32
 
-__all__ = ["check_image", "LazyView", "PlaneReader", "average_channels", "normalised_plane", "user_stacklevel", "DEFAULT_MAX_BLOCK_BYTES"]
+__all__ = [
+    "check_image",
+    "LazyView",
+    "PlaneReader",
+    "average_channels",
+    "normalised_plane",
+    "user_stacklevel",
+    "DEFAULT_MAX_BLOCK_BYTES",
+    "check_planes",
+]
 
 #: Default largest block of planes (bytes) read at once from a chunked (dask/zarr) array.
 DEFAULT_MAX_BLOCK_BYTES = 256 * 2**20
@@ -284,3 +293,31 @@ def normalised_plane(image, axes: str | None = None, model=None) -> np.ndarray:
     if reader.shape[:2] != (1, 1):
         raise ValueError(f"expected one 2D image (optionally with channels), got axes {axes!r} with shape {image.shape}.")
     return reader.plane(0, 0)
+
+
+def check_planes(planes, n_t: int, n_z: int) -> list[tuple[int, int]]:
+    """Validate ``planes`` (``(t, z)`` index pairs inside a stack of ``n_t`` x ``n_z`` planes); return them as int pairs,
+    in the given order, each once.
+
+    Raises
+    ------
+    TypeError
+        Not a sequence of pairs of integers (``True`` is not an index).
+    ValueError
+        Empty, or an index outside the stack.
+    """
+    if isinstance(planes, (str, bytes)) or not hasattr(planes, "__iter__"):
+        raise TypeError(f"planes must be a list of (t, z) index pairs, e.g. [(0, 3)], or None for all planes; got {type(planes).__name__}.")
+    checked = []
+    for plane in planes:
+        pair = tuple(plane) if hasattr(plane, "__iter__") and not isinstance(plane, (str, bytes)) else (plane,)
+        if len(pair) != 2 or not all(isinstance(i, (int, np.integer)) and not isinstance(i, (bool, np.bool_)) for i in pair):
+            raise TypeError(f"planes must hold (t, z) pairs of integers, got {plane!r}.")
+        t, z = int(pair[0]), int(pair[1])
+        if not (0 <= t < n_t and 0 <= z < n_z):
+            raise ValueError(f"plane index {(t, z)} is outside the stack (T={n_t}, Z={n_z}); indices start at 0.")
+        if (t, z) not in checked:
+            checked.append((t, z))
+    if not checked:
+        raise ValueError("planes is empty; pass None to segment every plane, or a list of (t, z) pairs.")
+    return checked

@@ -40,12 +40,10 @@ above ``missed_threshold``, ``t``) that belong to no object (after a 3 x 3
 opening that drops the thin rims around objects), with negative labels; their
 score is ``(mean(cell + boundary) - t) / (0.8 (1 - t))``, clipped to [0, 1].
 
-The weights were chosen on the training splits of the development data
-(``nuclei/train``, and ``em/train`` for a model fine-tuned on two EM slices),
-where the score separates wrong objects (best IoU with a true object < 0.5)
-from right ones with a ROC AUC of 0.89-0.90; ``foreground`` alone gives
-0.87-0.89. See docs/benchmarks.md ("Corrections to accuracy") for what the
-order buys a user. All of it is NumPy/SciPy on whole planes (no per-pixel Python loops).
+The weights were chosen on the training splits of the development data (``nuclei/train``; ``em/train``
+for a model fine-tuned on two EM slices), where the score separates wrong objects (best IoU with a true
+object < 0.5) from right ones with a ROC AUC of 0.89-0.90; ``foreground`` alone gives 0.87-0.89. See
+docs/benchmarks.md ("Corrections to accuracy") for what the order buys a user. NumPy/SciPy on whole planes.
 """
 
 from __future__ import annotations
@@ -57,7 +55,7 @@ from numbers import Real
 import numpy as np
 from scipy import ndimage as ndi
 
-from .postprocess import PostprocessSettings
+from .postprocess import PostprocessSettings, volume_threshold
 from .tta import AugmentedPrediction, tta_probabilities
 
 __all__ = ["CUE_WEIGHTS", "ObjectUncertainty", "AugmentedPrediction", "rank_objects", "rank_segmentation", "tta_probabilities"]
@@ -280,6 +278,7 @@ def rank_objects(
     weights: dict | None = None,
     include_missed: bool = False,
     missed_threshold: float = 0.5,
+    missed_min_size: int | None = None,
 ) -> list:
     """Rank the objects of a segmentation by how likely each one is wrong.
 
@@ -299,15 +298,15 @@ def rank_objects(
         the seed threshold sets the levels of the ``seed`` cue. Default: the
         generic :class:`~cellrefine.postprocess.PostprocessSettings`.
     disagreement : float array, spatial shape, optional
-        Per-pixel disagreement of test-time augmentations (:func:`tta_probabilities`);
-        adds the ``disagreement`` cue.
+        Per-pixel disagreement of test-time augmentations (:func:`tta_probabilities`): the ``disagreement`` cue.
     weights : dict, optional
         Replace single entries of :data:`CUE_WEIGHTS` (each in [0, 1]; 0 turns a cue off).
     include_missed : bool
         Also list missed-object candidates (negative labels, ``missed=True``).
     missed_threshold : float
-        Cell + boundary probability above which a pixel outside every object
-        may belong to a missed object.
+        Cell + boundary probability above which a pixel outside every object may belong to a missed object.
+    missed_min_size : int, optional
+        Smallest missed-object candidate (pixels; voxels along Z); None: ``settings.min_size``.
 
     Returns
     -------
@@ -319,8 +318,7 @@ def rank_objects(
     TypeError
         Non-integer instances or non-float probabilities.
     ValueError
-        Shapes that do not match, probabilities outside [0, 1], wrong axes,
-        unknown cues or weights outside [0, 1].
+        Shapes that do not match, probabilities outside [0, 1], wrong axes, unknown cues or weights outside [0, 1].
 
     Examples
     --------
@@ -371,7 +369,8 @@ def rank_objects(
                 )
             )
     if include_missed:
-        out.extend(_missed_candidates(probabilities, instances, axes, float(missed_threshold), int(settings.min_size)))
+        smallest = int(settings.min_size) if missed_min_size is None else int(missed_min_size)
+        out.extend(_missed_candidates(probabilities, instances, axes, float(missed_threshold), smallest))
     out.sort(key=lambda o: (-o.score, -o.size, o.label))
     return out
 
@@ -386,6 +385,9 @@ def rank_segmentation(segmentation, *, disagreement=None, weights: dict | None =
     """
     if getattr(segmentation, "probabilities", None) is None:
         raise ValueError("this segmentation has no probabilities; segment with return_probabilities=True to rank its objects.")
+    missed_min_size = None  # 3D mode: objects are volumes, so are the candidates worth a look
+    if getattr(segmentation, "stack_mode", "2d") == "3d":
+        missed_min_size = volume_threshold(segmentation.settings.min_size, segmentation.scale)
     return rank_objects(
         segmentation.probabilities,
         segmentation.instances,
@@ -394,4 +396,5 @@ def rank_segmentation(segmentation, *, disagreement=None, weights: dict | None =
         disagreement=disagreement,
         weights=weights,
         include_missed=include_missed,
+        missed_min_size=missed_min_size,
     )
