@@ -62,7 +62,7 @@ def rss() -> int:
 
 def run(data, planes: int = 64, size: int = 1024, with_dask: bool = False, overlap: bool = True, model_path=None, stack_mode: str = "stitch") -> dict:
     import cellrefine as cr
-    from cellrefine import inference
+    from cellrefine import inference, orthogonal
 
     volume = stack(data, planes, size)
     model = cr.load_model(model_path)
@@ -70,7 +70,7 @@ def run(data, planes: int = 64, size: int = 1024, with_dask: bool = False, overl
     baseline = rss()
     maxrss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     timers = {"watershed_s": 0.0, "stitch_s": 0.0}
-    # wraps the public names the pipeline calls (cellrefine.inference's namespace), restored afterwards
+    # wraps the public names the pipeline calls (cellrefine.inference's and cellrefine.orthogonal's namespaces), restored afterwards
     postprocess_plane, stitch, postprocess_volume = (
         inference.probabilities_to_instances,
         inference.stitch_planes,
@@ -95,7 +95,7 @@ def run(data, planes: int = 64, size: int = 1024, with_dask: bool = False, overl
         timers["watershed_s"] += time.perf_counter() - t0
         return out
 
-    inference.probabilities_to_instances, inference.stitch_planes, inference.probabilities_to_instances_3d = timed_plane, timed_stitch, timed_volume
+    inference.probabilities_to_instances, inference.stitch_planes, orthogonal.probabilities_to_instances_3d = timed_plane, timed_stitch, timed_volume
     try:
         with PeakSampler() as sampler:
             started = time.perf_counter()
