@@ -237,6 +237,6 @@ def iter_segment_3d(reader, network, amp, device, tile_size: int, batch_size: in
         del volume
         for z in range(n_z):
             argmax_classes(fused[:, z], semantic[t, z])
-        instances[t] = probabilities_to_instances_3d(fused, settings, scale)
+        probabilities_to_instances_3d(fused, settings, scale, out=instances[t])
         del fused
     return semantic, offset_frames(instances), probabilities

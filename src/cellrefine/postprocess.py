@@ -289,7 +289,12 @@ def volume_threshold(area_pixels: float, scale_zyx: tuple = (1.0, 1.0, 1.0)) -> 
 
 
 def probabilities_to_instances_3d(
-    probabilities: np.ndarray, settings: PostprocessSettings | None = None, scale: tuple = (1.0, 1.0, 1.0), **overrides
+    probabilities: np.ndarray,
+    settings: PostprocessSettings | None = None,
+    scale: tuple = (1.0, 1.0, 1.0),
+    *,
+    out: np.ndarray | None = None,
+    **overrides,
 ) -> np.ndarray:
     """Seeded watershed of a volume's class probabilities (the 3D mode).
 
@@ -303,6 +308,8 @@ def probabilities_to_instances_3d(
         volumes with :func:`volume_threshold`; ``stitch_threshold`` is unused.
     scale : (z, y, x)
         Voxel size (only ratios matter).
+    out : (Z, Y, X) uint32 array, optional
+        Where to write the instances (saves a volume-sized copy).
     **overrides
         Individual settings.
 
@@ -325,7 +332,13 @@ def probabilities_to_instances_3d(
     dtype = background.dtype.type
     foreground = background < dtype(1 - settings.foreground_threshold)
     seeds, n_seeds = ndi.label((cell > dtype(settings.seed_threshold)) & foreground, output=np.int32)
-    instances = np.zeros(background.shape, np.uint32)
+    if out is None:
+        out = np.zeros(background.shape, np.uint32)
+    elif out.shape != background.shape or out.dtype != np.uint32:
+        raise ValueError(f"out must be a uint32 array of shape {background.shape}, got {out.dtype} {out.shape}.")
+    else:
+        out[...] = 0
+    instances = out
     if n_seeds == 0:
         return instances
     min_seed = volume_threshold(settings.min_seed_size, scale)
@@ -343,12 +356,15 @@ def probabilities_to_instances_3d(
         markers = np.where(mask, seeds[box], 0)
         grown = seeded_watershed(boundary[box].astype(np.float32), markers, mask)
         instances[box][mask] = grown[mask]
+    del pieces, seeds, foreground
     sizes = np.bincount(instances.ravel())
     keep = sizes >= max(volume_threshold(settings.min_size, scale), 1)
     keep[0] = False
     lookup = np.zeros(len(sizes), np.uint32)
     lookup[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.uint32)
-    return lookup[instances]
+    for plane in instances:  # relabelled plane by plane: no second volume
+        plane[...] = lookup[plane]
+    return instances
 
 
 def offset_frames(instances_tzyx: np.ndarray) -> np.ndarray:
