@@ -56,6 +56,8 @@ STACK_MODES = ("auto", "3d", "stitch")
 MIN_3D_PLANES = 4
 #: Planes of the ZX/ZY views gathered into one block (one strided read of the frame, one write back).
 BLOCK_PLANES = 32
+#: ... and at most about this many bytes of float32 planes (input, probabilities, their stack) per block.
+BLOCK_BYTES = 64 * 2**20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,7 +197,8 @@ def iter_fused_probabilities(volume: np.ndarray, network, amp, device, plans: li
     """
     done = 0
     for plan in plans:
-        block_planes = 1 if plan.view == "YX" and plan.tiles_per_plane > 1 else BLOCK_PLANES
+        plane_bytes = 4 * plan.rows * plan.columns * (volume.shape[0] + 2 * out.shape[0])
+        block_planes = 1 if plan.view == "YX" and plan.tiles_per_plane > 1 else max(1, min(BLOCK_PLANES, BLOCK_BYTES // plane_bytes))
         for first in range(0, plan.planes, block_planes):
             last = min(first + block_planes, plan.planes)
             block = _view_block(volume, plan.view, first, last)
