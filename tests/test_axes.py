@@ -222,3 +222,10 @@ def test_explicit_axes_never_warn(shape_axes):
     with warnings.catch_warnings():
         warnings.simplefilter("error", AxesGuessWarning)
         assert check_axes(shape, axes.lower()) == axes
+
+
+def test_check_scale_refuses_a_zero_dimensional_array_with_a_message():
+    from cellrefine.axes import check_scale
+
+    with pytest.raises(TypeError, match="sequence of numbers"):
+        check_scale(np.array(2.0), "ZYX")

@@ -55,7 +55,7 @@ def test_xz_painted_mask_gives_only_that_xz_plane():
 
 def test_full_labels_give_every_plane_of_every_orientation():
     image, labels = _stack((4, 6, 8))
-    planes = collect_planes(image, labels, None, "ZYX", scale=(3, 1, 1))
+    planes = collect_planes(image, labels, None, "ZYX", scale=(3, 1, 1), slice_axes="ZYX")
     counts = {letter: [p.orientation for p in planes].count(letter) for letter in "ZYX"}
     assert counts == {"Z": 4, "Y": 6, "X": 8}
     assert [p.source[2] for p in planes] == [*range(4), *range(6), *range(8)]  # XY by z, then XZ by y, then YZ by x
@@ -65,6 +65,22 @@ def test_full_labels_give_every_plane_of_every_orientation():
     assert all(p.mask is None for p in planes)
     assert len(collect_planes(image, labels, None, "ZYX", slice_axes="YX")) == 6 + 8
     assert len(collect_planes(image, labels, None, "ZYX", slice_axes="Z")) == 4  # today's behaviour
+    # "auto" without a mask stays with the XY planes (all XZ/YZ planes of a stack would be two resampled copies of it)
+    assert len(collect_planes(image, labels, None, "ZYX", scale=(3, 1, 1))) == 4
+    assert len(collect_planes(image, labels, np.ones(labels.shape, bool), "ZYX", scale=(3, 1, 1))) == 4 + 6 + 8
+
+
+def test_a_correction_on_the_first_plane_is_not_a_line_in_every_xz_plane():
+    from cellrefine.training.orientations import training_positions
+
+    for z in (0, 3, 5):  # the stack's edges are not reviewed pixels
+        mask = np.zeros((6, 8, 8), bool)
+        mask[z, 2:5, 1:4] = True
+        positions = training_positions(mask, mask.shape, "ZYX")
+        assert positions["Z"].nonzero()[0].tolist() == [z] and positions["Y"].tolist() == [] and positions["X"].tolist() == []
+    mask = np.zeros((6, 8, 8), bool)
+    mask[0:2, 0, 0:2] = True  # a 2 x 2 square in the XZ plane y = 0, in the corner of the stack
+    assert training_positions(mask, mask.shape, "ZYX")["Y"].tolist() == [0]
 
 
 def test_lines_are_not_training_planes_in_a_stack():

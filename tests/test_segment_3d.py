@@ -203,3 +203,8 @@ def test_review_next_of_a_3d_result_lists_only_candidates_of_an_object_volume():
     assert volume_threshold(15) == 59
     assert [obj.missed for obj in rank_segmentation(stitched, include_missed=True)] == [True]
     assert rank_segmentation(fused, include_missed=True) == []
+
+
+def test_stack_mode_of_the_wrong_type_is_a_type_error():
+    with pytest.raises(TypeError, match="stack_mode must be a string"):
+        resolve_stack_mode(3, 5)

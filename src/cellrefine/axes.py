@@ -261,7 +261,7 @@ def check_scale(scale, axes: str) -> tuple[float, float, float]:
 
     if scale is None:
         return (1.0, 1.0, 1.0)
-    if isinstance(scale, (str, bytes)) or not hasattr(scale, "__len__"):
+    if isinstance(scale, (str, bytes)) or not hasattr(scale, "__len__") or np.ndim(scale) != 1:
         raise TypeError(f"scale must be a sequence of numbers such as (z, y, x) = (2.0, 0.5, 0.5), or None; got {scale!r}.")
     values = list(scale)
     for value in values:

@@ -103,7 +103,9 @@ def resolve_stack_mode(stack_mode: str, n_z: int, planes=None) -> str:
         ``stack_mode`` is not one of :data:`STACK_MODES`, or ``"3d"`` was asked
         for a subset of ``planes`` (the 3D mode needs whole frames).
     """
-    if not isinstance(stack_mode, str) or stack_mode not in STACK_MODES:
+    if not isinstance(stack_mode, str):
+        raise TypeError(f"stack_mode must be a string, one of {', '.join(map(repr, STACK_MODES))}; got {type(stack_mode).__name__}.")
+    if stack_mode not in STACK_MODES:
         raise ValueError(f"stack_mode must be one of {', '.join(map(repr, STACK_MODES))}, got {stack_mode!r}.")
     if n_z == 1:
         return "2d"

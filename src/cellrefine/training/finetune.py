@@ -153,7 +153,9 @@ def iter_finetune(
         The axes training planes are cut along: ``"Z"`` XY planes, ``"Y"`` XZ
         planes, ``"X"`` YZ planes, or a combination such as ``"ZYX"``.
         ``"auto"`` (default): ``"ZYX"`` for images with a Z axis of 2 planes
-        or more, ``"Z"`` otherwise. See :mod:`cellrefine.training.orientations`.
+        or more and a mask, ``"Z"`` otherwise (a fully labelled stack would
+        otherwise train on every XZ/YZ plane: pass ``"ZYX"`` for that). See
+        :mod:`cellrefine.training.orientations`.
 
     Raises
     ------

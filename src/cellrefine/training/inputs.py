@@ -284,7 +284,7 @@ def collect_planes(
             mask = _checked_mask(masks[index], index, expected)
             reviewed_anywhere = reviewed_anywhere or bool(mask.any())
         reader = PlaneReader(image, image_axes, model)
-        image_slice_axes = resolve_slice_axes(slice_axes, image_axes, reader.shape[1], index)
+        image_slice_axes = resolve_slice_axes(slice_axes, image_axes, reader.shape[1], index, has_mask=mask is not None)
         label_view = _tzyx(label, image_axes)
         mask_view = None if mask is None else _tzyx(mask, image_axes)
         for t in range(reader.shape[0]):

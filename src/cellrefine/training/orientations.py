@@ -66,8 +66,12 @@ def check_slice_axes(slice_axes) -> str:
     return "".join(letter for letter in SLICE_AXES if letter in letters)
 
 
-def resolve_slice_axes(slice_axes: str, axes: str, n_z: int, index: int = 0) -> str:
+def resolve_slice_axes(slice_axes: str, axes: str, n_z: int, index: int = 0, has_mask: bool = True) -> str:
     """The slice axes for one image (``slice_axes`` from :func:`check_slice_axes`): ``"auto"`` resolved, Y/X only with a Z axis.
+
+    ``"auto"`` is ``"ZYX"`` for a stack with a reviewed mask (its corrections may have been painted
+    in any view) and ``"Z"`` for a stack without one (full labels: every XZ and YZ plane would be a
+    training plane, Z-resampled copies of the whole stack twice over; pass ``"ZYX"`` to want that).
 
     Raises
     ------
@@ -75,7 +79,7 @@ def resolve_slice_axes(slice_axes: str, axes: str, n_z: int, index: int = 0) -> 
         ``slice_axes`` holds Y or X but the image (``axes``) has no Z axis.
     """
     if slice_axes == "auto":
-        return SLICE_AXES if "Z" in axes and n_z >= 2 else "Z"
+        return SLICE_AXES if "Z" in axes and n_z >= 2 and has_mask else "Z"
     if "Z" not in axes and set(slice_axes) & {"Y", "X"}:
         raise ValueError(
             f"slice_axes {slice_axes!r} asks for XZ/YZ planes, which need a Z axis, but image {index} has axes {axes!r}; "
@@ -87,7 +91,7 @@ def resolve_slice_axes(slice_axes: str, axes: str, n_z: int, index: int = 0) -> 
 def _holds_square(mask: np.ndarray, plane_axes: tuple) -> np.ndarray:
     """Per position along the third axis: does that plane of ``mask`` hold a MIN_SPAN x MIN_SPAN square of reviewed pixels?"""
     structure = np.ones([MIN_SPAN if axis in plane_axes else 1 for axis in range(3)], bool)
-    squares = ndi.binary_erosion(mask, structure=structure, border_value=1)
+    squares = ndi.binary_erosion(mask, structure=structure, border_value=0)  # outside the stack is not reviewed
     return squares.any(axis=plane_axes)
 
 
