@@ -99,3 +99,24 @@ def test_unusable_layer_scale_is_a_message(viewer, core_calls, errors):
     assert len(errors["error"]) == 1 and "layer 'stack' has scale (-2.0, 1.0, 1.0)" in errors["error"][0]
     assert "must be a finite positive number" in errors["error"][0]
     assert core_calls == []
+
+
+def test_z_stitch_threshold_is_shown_only_when_planes_are_stitched(viewer):
+    def stitch_shown(widget) -> bool:
+        return not widget.stitch_threshold.native.isHidden()
+
+    viewer.add_image(make_blobs((32, 32))[0], name="plane")
+    widget = SegmentWidget(viewer)
+    assert not stitch_shown(widget)  # a 2D image: nothing to stitch
+    stack = viewer.add_image(_stack(6), name="stack")
+    widget.image_combo.set_layer(stack)
+    assert widget.stack_mode.value == "auto" and not stitch_shown(widget)  # auto runs 6 planes in 3D
+    widget.stack_mode.value = "stitch"
+    assert stitch_shown(widget)
+    widget.current_slice.value = True  # one plane: nothing to link
+    assert not stitch_shown(widget)
+    widget.current_slice.value = False
+    widget.stack_mode.value = "auto"
+    thin = viewer.add_image(_stack(3), name="thin")  # fewer planes than the 3D mode needs: auto stitches
+    widget.image_combo.set_layer(thin)
+    assert stitch_shown(widget)

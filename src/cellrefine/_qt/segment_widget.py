@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QFormLayout, QGroupBox, QHBoxLayout, QLabel, QPushButton, QVBoxLayout
 
-from ..inference import MIN_3D_PLANES
+from ..inference import MIN_3D_PLANES, resolve_stack_mode
 from ..postprocess import PostprocessSettings
 from .controls import LayerCombo
 from .dock import Panel
@@ -148,6 +148,8 @@ class SegmentWidget(Panel):
             getattr(self, name).changed.connect(self._on_parameter_changed)
         self.image_combo.currentIndexChanged.connect(self._on_image_changed)
         self.axes.changed.connect(self._show_axes)
+        self.stack_mode.changed.connect(self._show_axes)
+        self.current_slice.changed.connect(self._show_axes)
         self.session.model_changed.connect(self._on_model_changed)
         self.events.connect(napari_viewer.layers.selection.events.active, self._on_active_layer)
         self._on_active_layer()
@@ -215,12 +217,21 @@ class SegmentWidget(Panel):
             self.axes_label.setStyleSheet("color: #e05050")
             return
         self.stack_mode.visible = "Z" in axes  # only stacks have a stack mode
+        self.stitch_threshold.visible = self._stitches(layer, axes)
         warning = axes_warning(layer, axes, source)
         self.axes_label.setText(f"{axes} ({source})" + (f"\n{warning}" if warning else ""))
         self.axes_label.setStyleSheet("color: #e0a030" if warning else "")
         if warning and id(layer) not in self._warned_axes:
             self._warned_axes.add(id(layer))
             report_warning(warning)
+
+    def _stitches(self, layer, axes: str) -> bool:
+        """Will Run link planes by IoU (so the Z stitch threshold matters)? Not for 2D images, one slice, or the 3D mode."""
+        if "Z" not in axes or self.current_slice.value:
+            return False
+        shape = (layer.data[0] if layer.multiscale else layer.data).shape
+        n_z = shape[axes.index("Z")] if len(shape) == len(axes) else MIN_3D_PLANES
+        return resolve_stack_mode(self.stack_mode.value, n_z) == "stitch"
 
     def _on_model_changed(self, announce: bool = True) -> None:
         model = self.session.model
