@@ -75,6 +75,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     parser.add_argument("--name", default="nuclei_v1")
+    parser.add_argument("--init", help="start from this model's weights and architecture (a file, folder or bundled name) instead of random weights")
     parser.add_argument(
         "--largest-piece", action="store_true", help="keep only the largest connected piece of each labelled object (drops annotation specks)"
     )
@@ -104,15 +105,21 @@ def main(argv=None) -> int:
         pairs = [(image, largest_piece_per_label(labels), name) for image, labels, name in pairs]
     samples = SampleSet([Plane(grey_plane(image), np.asarray(labels)) for image, labels, _ in pairs], "instances", settings)
     sampler = Sampler(samples, settings.crop_size, np.random.default_rng(args.seed), image_weights="uniform")  # every image equally likely
-    architecture = {"in_channels": 1, "out_channels": 3, "depth": args.depth, "base_channels": args.base_channels, "norm": "batch"}
-    with torch.random.fork_rng(devices=[]):  # seeded weights without touching the process's generator
-        torch.manual_seed(args.seed)
-        model = Model(config={"name": args.name, "architecture": architecture})
+    if args.init:  # continue from a model: its architecture and weights (its post-processing and history are not carried over)
+        from .model.io import load_model
+
+        parent = load_model(args.init)
+        model = Model(network=parent.network, config={"name": args.name, "architecture": parent.network.config()})
+    else:
+        architecture = {"in_channels": 1, "out_channels": 3, "depth": args.depth, "base_channels": args.base_channels, "norm": "batch"}
+        with torch.random.fork_rng(devices=[]):  # seeded weights without touching the process's generator
+            torch.manual_seed(args.seed)
+            model = Model(config={"name": args.name, "architecture": architecture})
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     losses = []
     record = {
         "kind": "train",
-        "parent": None,
+        "parent": (parent.name if args.init else None),
         "data": "/".join(Path(args.train_dir).resolve().parts[-2:]),
         "largest_piece": bool(args.largest_piece),
         "n_images": len(samples),
