@@ -360,7 +360,9 @@ def test_train_from_scratch_uses_the_shared_settings(tmp_path, blobs):
     more = cellrefine.load_model(tmp_path / "more" / "final.safetensors")
     assert more.network.config() == first.network.config() and more.network.base_channels == 4
     assert more.config["provenance"][0]["parent"] == first.name
-    moved = [float((a - b).abs().max()) for a, b in zip(more.network.state_dict().values(), first.network.state_dict().values()) if a.is_floating_point()]
+    moved = [
+        float((a - b).abs().max()) for a, b in zip(more.network.state_dict().values(), first.network.state_dict().values()) if a.is_floating_point()
+    ]
     assert 0 < max(moved) < 1.0  # trained on from the parent's weights (random weights would differ far more)
 
 

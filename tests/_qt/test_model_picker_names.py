@@ -62,7 +62,8 @@ def test_fine_tuning_starts_from_the_picked_model_and_reverts_to_it(qtbot, make_
     viewer.add_image(image, name="img")
     viewer.add_labels(labels, name="img labels")
     session = get_session(viewer)
-    pick(SegmentWidget(viewer).model_picker, "cells (bundled)")
+    segment = SegmentWidget(viewer)  # held: a widget nobody holds is deleted (with its combo) whenever Python's GC runs
+    pick(segment.model_picker, "cells (bundled)")
     widget = FinetuneWidget(viewer)
     widget.labels_combo.set_layer(viewer.layers["img labels"])
     widget.steps.value = 2
@@ -80,7 +81,8 @@ def test_missing_weights_of_a_picked_model_are_a_message(make_napari_viewer, err
     import cellrefine.model.io as model_io
 
     viewer = make_napari_viewer()
-    picker = SegmentWidget(viewer).model_picker  # loads the nuclei model
+    segment = SegmentWidget(viewer)  # loads the nuclei model; held, so its combo outlives the test's clicks
+    picker = segment.model_picker
     monkeypatch.setattr(model_io, "bundled_model_path", lambda name="nuclei": tmp_path / "missing.safetensors")
     pick(picker, "cells (bundled)")
     assert "bundled CellRefine model is not installed" in errors["error"][-1]
