@@ -198,36 +198,47 @@ def iter_segment(
     plane_list = [(t, z) for t in range(n_t) for z in range(n_z)] if planes is None else check_planes(planes, n_t, n_z)
     mode = resolve_stack_mode(stack_mode, n_z, planes)
     network, amp = inference_network(model.network, torch_device, precision)
+    batch_size = batch_size or default_batch_size(torch_device)
     if mode == "3d":
-        started = time.perf_counter()
-        generator = iter_segment_3d(
-            reader, network, amp, torch_device, tile_size, batch_size or default_batch_size(torch_device), scale, settings, return_probabilities
+        steps = iter_segment_3d(reader, network, amp, torch_device, tile_size, batch_size, scale, settings, return_probabilities)
+        semantic, instances, probabilities = yield from _as_progress(steps)
+    else:
+        semantic, instances, probabilities = yield from _iter_segment_planes(
+            reader, plane_list, network, amp, torch_device, tile_size, batch_size, settings, return_probabilities, overlap_postprocess
         )
-        try:
-            while True:
-                try:
-                    done, total, plane, view = next(generator)
-                except StopIteration as stop:
-                    result = stop.value
-                    break
-                yield SegmentProgress(done, total, plane, time.perf_counter() - started, view)
-        finally:
-            generator.close()
-        semantic, instances, probabilities = result
-        return Segmentation(
-            semantic=from_tzyx(semantic, axes),
-            instances=from_tzyx(instances, axes),
-            probabilities=None if probabilities is None else from_tzyx(probabilities, axes),
-            axes="".join(a for a in axes if a != "C"),
-            device=str(torch_device),
-            settings=settings,
-            stack_mode="3d",
-            scale=scale,
-        )
+    return Segmentation(
+        semantic=from_tzyx(semantic, axes),
+        instances=from_tzyx(instances, axes),
+        probabilities=None if probabilities is None else from_tzyx(probabilities, axes),
+        axes="".join(a for a in axes if a != "C"),
+        device=str(torch_device),
+        settings=settings,
+        stack_mode=mode,
+        scale=scale,
+    )
+
+
+def _as_progress(steps):
+    """Yield :class:`SegmentProgress` for the ``(done, total, plane, view)`` tuples of ``steps``; return what it returns."""
+    started = time.perf_counter()
+    try:
+        while True:
+            try:
+                done, total, plane, view = next(steps)
+            except StopIteration as stop:
+                return stop.value
+            yield SegmentProgress(done, total, plane, time.perf_counter() - started, view)
+    finally:
+        steps.close()
+
+
+def _iter_segment_planes(reader, plane_list, network, amp, device, tile_size, batch_size, settings, return_probabilities, overlap_postprocess):
+    """Plane by plane (2D images, and the stitching mode): yields :class:`SegmentProgress`, returns
+    ``(semantic, instances, probabilities or None)`` as (T, Z, Y, X) arrays, planes linked over Z."""
+    n_t, n_z, height, width = reader.shape
     starts_y, _, starts_x, _, _, _ = tile_layout(height, width, tile_size, network.grid)
     tiles_per_plane = len(starts_y) * len(starts_x)
     total = tiles_per_plane * len(plane_list)
-    batch_size = batch_size or default_batch_size(torch_device)
     group = batch_size if tiles_per_plane == 1 else 1  # planes predicted together
 
     semantic = np.zeros((n_t, n_z, height, width), np.uint8)
@@ -243,9 +254,7 @@ def iter_segment(
             indices = plane_list[first : first + group]
             outs = [np.empty((network.out_channels, height, width), np.float32) for _ in indices]
             inputs = [reader.plane(t, z) for t, z in indices]
-            for tiles_done, _, k in predict_planes(
-                network, amp, inputs, tile_size, torch_device, batch_size, outs, [semantic[t, z] for t, z in indices]
-            ):
+            for tiles_done, _, k in predict_planes(network, amp, inputs, tile_size, device, batch_size, outs, [semantic[t, z] for t, z in indices]):
                 yield SegmentProgress(done + tiles_done, total, indices[k], time.perf_counter() - started)
             done += tiles_per_plane * len(indices)
             if probabilities is not None:
@@ -265,17 +274,7 @@ def iter_segment(
     finally:
         if pool is not None:
             pool.shutdown(wait=True)
-    instances = _link_stack(instances, settings)
-    return Segmentation(
-        semantic=from_tzyx(semantic, axes),
-        instances=from_tzyx(instances, axes),
-        probabilities=None if probabilities is None else from_tzyx(probabilities, axes),
-        axes="".join(a for a in axes if a != "C"),
-        device=str(torch_device),
-        settings=settings,
-        stack_mode=mode,
-        scale=scale,
-    )
+    return semantic, _link_stack(instances, settings), probabilities
 
 
 def segment(image, model=None, axes: str | None = None, device="auto", progress=None, **kwargs) -> Segmentation:
