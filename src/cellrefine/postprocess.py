@@ -167,20 +167,28 @@ def probabilities_to_instances(probabilities: np.ndarray, settings: PostprocessS
     seeds, n_seeds = ndi.label(seeds_mask)
     if n_seeds == 0:
         return np.zeros(background.shape, np.uint32)
-    if settings.min_seed_size > 1:
-        sizes = np.bincount(seeds.ravel())
-        small = sizes < settings.min_seed_size
+    _drop_small_seeds(seeds, settings.min_seed_size)
+    instances = seeded_watershed(boundary, seeds, foreground)
+    return _kept_ids(instances, settings.min_size)[instances]  # objects below min_size dropped, ids 1..n in one lookup
+
+
+def _drop_small_seeds(seeds: np.ndarray, min_size: int) -> None:
+    """Set the seeds smaller than ``min_size`` pixels (voxels) to 0, in place."""
+    if min_size > 1:
+        small = np.bincount(seeds.ravel()) < min_size
         small[0] = False
         if small.any():
             seeds[small[seeds]] = 0
-    instances = seeded_watershed(boundary, seeds, foreground)
-    # drop objects below min_size and relabel 1..n in one lookup
+
+
+def _kept_ids(instances: np.ndarray, min_size: int) -> np.ndarray:
+    """The lookup table that drops objects below ``min_size`` pixels (voxels) and numbers the others 1..n (uint32)."""
     sizes = np.bincount(instances.ravel())
-    keep = sizes >= max(int(settings.min_size), 1)
+    keep = sizes >= max(int(min_size), 1)
     keep[0] = False
     lookup = np.zeros(len(sizes), np.uint32)
     lookup[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.uint32)
-    return lookup[instances]
+    return lookup
 
 
 def seeded_watershed(image: np.ndarray, seeds: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -341,12 +349,7 @@ def probabilities_to_instances_3d(
     instances = out
     if n_seeds == 0:
         return instances
-    min_seed = volume_threshold(settings.min_seed_size, scale)
-    if min_seed > 1:
-        small = np.bincount(seeds.ravel()) < min_seed
-        small[0] = False
-        if small.any():
-            seeds[small[seeds]] = 0
+    _drop_small_seeds(seeds, volume_threshold(settings.min_seed_size, scale))
     pieces, _ = ndi.label(foreground, output=np.int32)
     seeded_pieces = np.unique(pieces[seeds > 0])
     boxes = ndi.find_objects(pieces)
@@ -357,11 +360,7 @@ def probabilities_to_instances_3d(
         grown = seeded_watershed(boundary[box].astype(np.float32), markers, mask)
         instances[box][mask] = grown[mask]
     del pieces, seeds, foreground
-    sizes = np.bincount(instances.ravel())
-    keep = sizes >= max(volume_threshold(settings.min_size, scale), 1)
-    keep[0] = False
-    lookup = np.zeros(len(sizes), np.uint32)
-    lookup[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.uint32)
+    lookup = _kept_ids(instances, volume_threshold(settings.min_size, scale))
     for plane in instances:  # relabelled plane by plane: no second volume
         plane[...] = lookup[plane]
     return instances
