@@ -7,6 +7,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -164,3 +165,36 @@ def emit_with_markdown(result: dict, markdown_text: str, markdown_path: str | No
     if markdown_path:
         Path(markdown_path).write_text(markdown_text + "\n")
     emit(result, json_path, echo=False)
+
+
+class PeakSampler:
+    """Peak resident memory of this process while the block runs: psutil every ``interval`` s, and once more at the end."""
+
+    def __init__(self, interval: float = 0.005):
+        import psutil
+
+        self.process = psutil.Process()
+        self.interval = interval
+        self.peak = self.process.memory_info().rss
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.process.memory_info().rss)
+            time.sleep(self.interval)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.process.memory_info().rss)
+
+
+def rss() -> int:
+    import psutil
+
+    return psutil.Process().memory_info().rss

@@ -22,50 +22,21 @@ documentation); the synthetic stack is isotropic.
 from __future__ import annotations
 
 import argparse
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
-from _common import emit, machine_info
+from _common import PeakSampler, emit, machine_info, rss
 
 SCALES = {"cells3d_nuclei": (0.29, 0.26, 0.26), "stardist_synthetic3d": (1.0, 1.0, 1.0)}
-
-
-class PeakRSS:
-    """Peak resident memory of this process while the block runs (psutil, every 5 ms)."""
-
-    def __init__(self):
-        import psutil
-
-        self.process = psutil.Process()
-        self.baseline = self.peak = self.process.memory_info().rss
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self):
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self.process.memory_info().rss)
-            time.sleep(0.005)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-
-    @property
-    def extra_mib(self) -> float:
-        return (self.peak - self.baseline) / 2**20
 
 
 def scored(image, labels, model, mode: str, scale) -> dict:
     import cellrefine as cr
     from cellrefine.metrics import object_scores
 
-    with PeakRSS() as memory:
+    baseline = rss()
+    with PeakSampler() as memory:
         started = time.perf_counter()
         seg = cr.segment(image, model, axes="ZYX", device="cpu", stack_mode=mode, scale=scale)
         seconds = time.perf_counter() - started
@@ -79,7 +50,7 @@ def scored(image, labels, model, mode: str, scale) -> dict:
         "merges": scores["merges"],
         "splits": scores["splits"],
         "seconds": seconds,
-        "extra_rss_mib": memory.extra_mib,
+        "extra_rss_mib": (memory.peak - baseline) / 2**20,
     }
 
 

@@ -22,42 +22,10 @@ from __future__ import annotations
 
 import argparse
 import resource
-import threading
 import time
 
 import numpy as np
-from _common import emit, machine_info, stack
-
-
-class PeakSampler:
-    def __init__(self, interval: float = 0.005):
-        import psutil
-
-        self.process = psutil.Process()
-        self.interval = interval
-        self.peak = self.process.memory_info().rss
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self):
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self.process.memory_info().rss)
-            time.sleep(self.interval)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self.process.memory_info().rss)
-
-
-def rss() -> int:
-    import psutil
-
-    return psutil.Process().memory_info().rss
+from _common import PeakSampler, emit, machine_info, rss, stack
 
 
 def run(data, planes: int = 64, size: int = 1024, with_dask: bool = False, overlap: bool = True, model_path=None, stack_mode: str = "stitch") -> dict:
