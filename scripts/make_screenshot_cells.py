@@ -15,7 +15,7 @@ import argparse
 import time
 from pathlib import Path
 
-from make_screenshots import HEIGHT, WIDTH, settle, wait_until
+from make_screenshots import open_viewer, save_window, settle, wait_until
 
 
 def main(argv=None):
@@ -24,10 +24,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     args.outdir.mkdir(parents=True, exist_ok=True)
 
-    import napari
-
-    viewer = napari.Viewer(show=True)
-    viewer.window.resize(WIDTH, HEIGHT)
+    viewer = open_viewer()
     viewer.open_sample("napari-cellrefine", "cells")
     image = viewer.layers[0]
     segment_dock, segment = viewer.window.add_plugin_dock_widget("napari-cellrefine", "Segment")
@@ -45,8 +42,7 @@ def main(argv=None):
     print(f"segmented in {time.perf_counter() - started:.1f} s")
     settle(3.0)  # the status label under Run needs a moment to take its full height
     path = args.outdir / "cells_sample.png"
-    viewer.screenshot(str(path), canvas_only=False)
-    print(f"wrote {path}")
+    save_window(viewer, path)
     viewer.close()
 
 

@@ -48,6 +48,21 @@ def settle(seconds: float = 0.5) -> None:
     wait_until(lambda: time.perf_counter() > end, seconds + 5)
 
 
+def open_viewer():
+    """A shown napari viewer at the screenshots' size (WIDTH x HEIGHT)."""
+    import napari
+
+    viewer = napari.Viewer(show=True)
+    viewer.window.resize(WIDTH, HEIGHT)
+    return viewer
+
+
+def save_window(viewer, path) -> None:
+    """Save the whole window (canvas and docks) as ``path`` and say so."""
+    viewer.screenshot(str(path), canvas_only=False)
+    print(f"wrote {path}")
+
+
 def use_model(session, path) -> str:
     """Load ``path``, else the bundled model, else an untrained tiny model, into the session."""
     from cellrefine.model.io import Model
@@ -90,15 +105,13 @@ def main(argv=None):
     args = parser.parse_args(argv)
     args.outdir.mkdir(parents=True, exist_ok=True)
 
-    import napari
     from qtpy.QtCore import Qt
     from qtpy.QtTest import QTest
     from qtpy.QtWidgets import QScrollArea
 
     from cellrefine._qt.session import get_session
 
-    viewer = napari.Viewer(show=True)
-    viewer.window.resize(WIDTH, HEIGHT)
+    viewer = open_viewer()
     viewer.open_sample("napari-cellrefine", "nuclei")
     image = viewer.layers[0]
     session = get_session(viewer)
@@ -119,8 +132,7 @@ def main(argv=None):
     settle(1.0)
 
     path = args.outdir / "segment_widget.png"
-    viewer.screenshot(str(path), canvas_only=False)
-    print(f"wrote {path}")
+    save_window(viewer, path)
 
     # "Review next": click the most suspicious object in the list; the viewer goes there
     record = session.record_for(image)
@@ -135,8 +147,7 @@ def main(argv=None):
     camera.zoom *= 3
     settle(1.0)
     path = args.outdir / "review_next.png"
-    viewer.screenshot(str(path), canvas_only=False)
-    print(f"wrote {path}")
+    save_window(viewer, path)
 
     correct(viewer, instances, record.ranking or [])
     viewer.reset_view()
@@ -155,14 +166,12 @@ def main(argv=None):
     wait_until(lambda: max(updates, default=0) >= max(3, args.steps // 2))
     settle(0.3)
     path = args.outdir / "finetune_during.png"
-    viewer.screenshot(str(path), canvas_only=False)
-    print(f"wrote {path}")
+    save_window(viewer, path)
     wait_until(lambda: not finetune.busy)
     print(f"fine-tuned {args.steps} steps and re-segmented in {time.perf_counter() - started:.1f} s")
     settle(1.0)
     path = args.outdir / "finetune_widget.png"
-    viewer.screenshot(str(path), canvas_only=False)
-    print(f"wrote {path}")
+    save_window(viewer, path)
     print(finetune.result.text())
     viewer.close()
 

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from make_screenshots import HEIGHT, WIDTH, settle, use_model, wait_until
+from make_screenshots import open_viewer, save_window, settle, use_model, wait_until
 
 Z_SPACING = 2.0
 STACK_MODE_TEXT = "3D (orthogonal views)"
@@ -124,13 +124,10 @@ def main(argv=None):
     args = parser.parse_args(argv)
     args.outdir.mkdir(parents=True, exist_ok=True)
 
-    import napari
-
     from cellrefine._qt.session import get_session
 
     stack, truth = synthetic_nuclei_stack()
-    viewer = napari.Viewer(show=True)
-    viewer.window.resize(WIDTH, HEIGHT)
+    viewer = open_viewer()
     image = viewer.add_image(stack, name="nuclei stack", scale=(Z_SPACING, 1.0, 1.0), colormap="gray", contrast_limits=(0.0, 1.0))
     viewer.dims.axis_labels = ("z", "y", "x")
     session = get_session(viewer)
@@ -169,8 +166,7 @@ def main(argv=None):
     camera.angles = CAMERA_ANGLES
     settle(3.0)  # after 1.5 s the status line under Run was still one line high (its three lines clipped)
     path = args.outdir / "segment_3d.png"
-    viewer.screenshot(str(path), canvas_only=False)
-    print(f"wrote {path}")
+    save_window(viewer, path)
 
     # XZ view: Y sliced, Z shown as rows and X as columns
     viewer.dims.ndisplay = 2
@@ -200,8 +196,7 @@ def main(argv=None):
     print(f"tracker: corrected (objects, pixels) {tracker.corrected_counts()}, slice_axes {tracker.slice_axes()!r}")
     print(finetune.corrections.summary.text())
     path = args.outdir / "correct_xz.png"
-    viewer.screenshot(str(path), canvas_only=False)
-    print(f"wrote {path}")
+    save_window(viewer, path)
     viewer.close()
 
 
