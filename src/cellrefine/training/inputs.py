@@ -226,7 +226,8 @@ def collect_planes(
     slice_axes : str
         The axes training planes are cut along: ``"Z"`` XY planes, ``"Y"`` XZ
         planes, ``"X"`` YZ planes, or a combination such as ``"ZYX"``;
-        ``"auto"`` = ``"ZYX"`` for images with a Z axis of 2 planes or more, else ``"Z"``.
+        ``"auto"`` = ``"ZYX"`` for images with a Z axis of 2 planes or more and a mask, else ``"Z"``
+        (see :func:`~cellrefine.training.orientations.resolve_slice_axes`).
 
     Returns
     -------

@@ -3,7 +3,7 @@
 ``slice_axes`` names the axes training planes are cut *along*: ``"Z"`` gives
 XY planes (one per z), ``"Y"`` XZ planes (one per y, rows along Z), ``"X"``
 YZ planes (one per x, rows along Z). ``"auto"`` is ``"ZYX"`` for an image
-with a Z axis of two planes or more, else ``"Z"``.
+with a Z axis of two planes or more and a reviewed mask, else ``"Z"``.
 
 The rule for a plane of a stack to become a training plane: its reviewed
 pixels hold at least one :data:`MIN_SPAN` x :data:`MIN_SPAN` square (2 x 2:
