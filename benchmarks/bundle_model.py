@@ -20,7 +20,7 @@ import ntpath
 import posixpath
 from pathlib import Path
 
-POSTPROCESS_KEYS = ("foreground_threshold", "seed_threshold", "min_seed_size", "min_size", "stitch_threshold")
+POSTPROCESS_KEYS = ("foreground_threshold", "seed_threshold", "boundary_weight", "min_seed_size", "min_size", "stitch_threshold")
 LICENSE = "BSD-3-Clause (weights); trained on CC0 data (DSB2018 stage1_train, BBBC039v1 training split)"
 WEIGHTS = Path(__file__).resolve().parents[1] / "src" / "cellrefine" / "model" / "weights"
 
@@ -93,6 +93,7 @@ def main(argv=None) -> int:
     parser.add_argument("checkpoint")
     parser.add_argument("--foreground-threshold", type=float, default=defaults.foreground_threshold)
     parser.add_argument("--seed-threshold", type=float, default=defaults.seed_threshold)
+    parser.add_argument("--boundary-weight", type=float, default=defaults.boundary_weight)
     parser.add_argument("--min-seed-size", type=int, default=defaults.min_seed_size)
     parser.add_argument("--min-size", type=int, default=defaults.min_size)
     parser.add_argument("--stitch-threshold", type=float, default=defaults.stitch_threshold)

@@ -20,9 +20,10 @@ import time
 from pathlib import Path
 
 GRID = {
-    "foreground_threshold": (0.5, 0.6, 0.7, 0.8, 0.9),
-    "seed_threshold": (0.6, 0.7, 0.8, 0.9, 0.95),
-    "min_seed_size": (4, 32, 128, 512),
+    "boundary_weight": (1.0, 0.5, 0.3),
+    "foreground_threshold": (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
+    "seed_threshold": (0.5, 0.6, 0.7, 0.8),
+    "min_seed_size": (32, 128),
     "min_size": (15, 300),
 }
 

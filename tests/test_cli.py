@@ -171,6 +171,7 @@ def test_dotted_file_names_do_not_collide(capsys, tmp_path, model_path):
         (["segment", "{tmp}/a.tif", "--model", "{tmp}/no_model.safetensors"], "does not exist"),
         (["segment", "{tmp}/a.tif", "--model", "{tmp}/a.tif"], "not a valid safetensors file"),
         (["segment", "{tmp}/a.tif", "--min-size", "-3"], "min_size must be a non-negative integer"),
+        (["segment", "{tmp}/a.tif", "--boundary-weight", "2"], "boundary_weight must be in"),
     ],
 )
 def test_segment_errors_exit_1_with_a_message(capsys, tmp_path, model_path, argv, message):

@@ -6,7 +6,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from cellrefine.postprocess import PostprocessSettings, probabilities_to_instances, relabel_sequential, stitch_planes
+from cellrefine.postprocess import (
+    PostprocessSettings,
+    foreground_mask,
+    probabilities_to_instances,
+    probabilities_to_instances_3d,
+    relabel_sequential,
+    stitch_planes,
+)
 
 BACKGROUND_PIXEL = (0.9, 0.05, 0.05)
 CELL_PIXEL = (0.05, 0.9, 0.05)
@@ -117,6 +124,50 @@ def test_bad_probability_shape(shape):
         probabilities_to_instances(np.zeros(shape, np.float32))
 
 
+def rimmed_cell(shape=(12, 12)):
+    """A 4x4 cell core in an 8x8 boundary rim, background around."""
+    probabilities = probability_map(shape)
+    paint(probabilities, np.s_[2:10, 2:10], BOUNDARY_PIXEL)
+    paint(probabilities, np.s_[4:8, 4:8], CELL_PIXEL)
+    return probabilities
+
+
+@pytest.mark.parametrize(("boundary_weight", "threshold", "side"), [(1.0, 0.5, 8), (0.5, 0.5, 8), (0.3, 0.5, 4), (0.0, 0.2, 4)])
+def test_boundary_weight_moves_the_outline_into_the_rim(boundary_weight, threshold, side):
+    # rim pixels: cell 0.15 + weight x boundary 0.8 -> 0.95 / 0.55 / 0.39 / 0.15; the core is 0.9 + weight x 0.05
+    instances = probabilities_to_instances(rimmed_cell(), foreground_threshold=threshold, boundary_weight=boundary_weight)
+    expected = np.zeros((12, 12), np.uint32)
+    start = (12 - side) // 2
+    expected[start : start + side, start : start + side] = 1
+    np.testing.assert_array_equal(instances, expected)
+
+
+def test_boundary_weight_one_is_the_background_rule_bit_for_bit():
+    rng = np.random.default_rng(3)
+    probabilities = rng.dirichlet((1, 1, 1), size=(2, 40, 50)).transpose(3, 0, 1, 2)  # (3, Z, Y, X), summing to 1
+    for threshold in (0.3, 0.5, 0.7, 0.9):
+        plane = probabilities[:, 0].astype(np.float32)
+        np.testing.assert_array_equal(foreground_mask(plane, foreground_threshold=threshold), plane[0] < np.float32(1 - threshold))
+        volume = probabilities.astype(np.float16)
+        np.testing.assert_array_equal(foreground_mask(volume, foreground_threshold=threshold), volume[0] < np.float16(1 - threshold))
+
+
+def test_boundary_weight_in_3d_matches_each_plane():
+    volume = np.stack([rimmed_cell((12, 12))] * 3, axis=1).astype(np.float16)  # (3, 3, 12, 12): a 4x4x3 core in an 8x8 rim
+    foreground = foreground_mask(volume, foreground_threshold=0.5, boundary_weight=0.3)
+    assert foreground.shape == (3, 12, 12) and foreground.sum() == 3 * 16
+    np.testing.assert_array_equal(foreground[1], foreground_mask(volume[:, 1], foreground_threshold=0.5, boundary_weight=0.3))
+    instances = probabilities_to_instances_3d(volume, foreground_threshold=0.5, boundary_weight=0.3, min_size=1, min_seed_size=1)
+    assert (instances == 1).sum() == 3 * 16 and instances.max() == 1
+
+
+def test_foreground_mask_checks_its_input():
+    with pytest.raises(ValueError, match=r"shape \(3, Y, X\)"):
+        foreground_mask(np.zeros((2, 5, 5), np.float32))
+    with pytest.raises(TypeError, match="boundary_weight must be a number"):
+        foreground_mask(rimmed_cell(), boundary_weight="0.3")
+
+
 @pytest.mark.parametrize(
     ("override", "match"),
     [
@@ -124,6 +175,7 @@ def test_bad_probability_shape(shape):
         ({"seed_threshold": -0.1}, "seed_threshold must be in"),
         ({"min_size": -1}, "min_size must be a non-negative integer"),
         ({"min_seed_size": 2.5}, "min_seed_size must be a non-negative integer"),
+        ({"boundary_weight": 1.5}, "boundary_weight must be in"),
     ],
 )
 def test_bad_settings(override, match):

@@ -425,6 +425,17 @@ def test_postprocess_calibration_is_recorded(tiny_model, blobs):
     assert "postprocess_calibration" not in semantic.config["provenance"][-1]
 
 
+def test_calibration_keeps_the_parents_boundary_weight(tiny_model, blobs):
+    # calibration re-picks thresholds; the boundary weight the model was bundled with must survive it
+    image, labels = blobs
+    parent = tiny_model.copy()
+    parent.config["postprocess"] = {"foreground_threshold": 0.4, "seed_threshold": 0.6, "boundary_weight": 0.3}
+    tuned = finetune(parent, [image], [labels], steps=1, **FAST)
+    assert tuned.config["provenance"][-1]["postprocess_calibration"]  # calibration ran
+    assert tuned.config["postprocess"]["boundary_weight"] == 0.3
+    assert parent.config["postprocess"]["boundary_weight"] == 0.3
+
+
 def test_distillation_term_is_zero_when_student_equals_teacher_and_positive_otherwise():
     import torch
 

@@ -251,3 +251,16 @@ def test_tta_rejects_unknown_transforms(tiny_model):
         tta_probabilities(image, tiny_model, transforms=("identity", "shear"))
     with pytest.raises(TypeError, match="return_probabilities"):
         tta_probabilities(image, tiny_model, return_probabilities=True)
+
+
+def test_missed_candidates_follow_the_models_boundary_weight():
+    # a 12 x 12 patch of confident boundary (cell 0.18 + boundary 0.80) in no object: the default rule
+    # (cell + boundary 0.98 > 0.5) lists it as possibly missed; a model that counts 0.3 of the boundary
+    # (0.18 + 0.24 = 0.42 < 0.5) does not, as its watershed would not have grown an object there either
+    instances = np.zeros((40, 40), np.uint16)
+    p = confident_probabilities(instances)
+    p[:, 10:22, 10:22] = np.array([0.02, 0.18, 0.80], np.float32)[:, None, None]
+    plain = [o for o in rank_objects(p, instances, settings=SETTINGS, include_missed=True, missed_min_size=10) if o.missed]
+    assert [o.size for o in plain] == [144]
+    weighted = PostprocessSettings(foreground_threshold=0.4, seed_threshold=0.7, boundary_weight=0.3)
+    assert [o for o in rank_objects(p, instances, settings=weighted, include_missed=True, missed_min_size=10) if o.missed] == []

@@ -294,6 +294,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--foreground-threshold", type=float, help="cell+boundary probability for foreground (default: the model's, 0.8 for the bundled one)"
     )
     seg.add_argument("--seed-threshold", type=float, help="cell probability for watershed seeds (default: the model's, 0.7 for the bundled one)")
+    seg.add_argument(
+        "--boundary-weight",
+        type=float,
+        help="share of the boundary probability that counts towards the foreground, 0-1 (default: the model's; 1 = cell + boundary)",
+    )
     seg.add_argument("--min-size", type=int, help="smallest object kept, in pixels (default: the model's, 15)")
     seg.add_argument("--stitch-threshold", type=float, help="IoU linking objects across Z planes (default: the model's, 0.25)")
     seg.add_argument("--scale", type=_voxel_size, metavar="Z,Y,X", help=_SCALE_HELP)

@@ -44,7 +44,7 @@ def postprocess_from_args(args, model):
 
     given = {
         name: getattr(args, name)
-        for name in ("foreground_threshold", "seed_threshold", "min_size", "stitch_threshold")
+        for name in ("foreground_threshold", "seed_threshold", "boundary_weight", "min_size", "stitch_threshold")
         if getattr(args, name) is not None
     }
     return PostprocessSettings(**{**model.config.get("postprocess", {}), **given}).validate()

@@ -2,8 +2,12 @@
 
 Per 2D plane, with ``p_bg, p_cell, p_boundary`` the three class probabilities:
 
-1. *foreground* = ``p_bg < 1 - foreground_threshold`` (i.e. cell + boundary
-   probability above ``foreground_threshold``);
+1. *foreground* = ``p_cell + boundary_weight * p_boundary >
+   foreground_threshold`` (:func:`foreground_mask`; with the default
+   ``boundary_weight`` 1 this is ``p_bg < 1 - foreground_threshold``). A
+   weight below 1 puts the outline inside the predicted boundary band instead
+   of at its outer edge: the band is two pixels wide in the targets, and
+   objects whose outline matters (whole cells) gain IoU from it;
 2. *seeds* = connected components of ``p_cell > seed_threshold`` inside the
    foreground, dropping seeds smaller than ``min_seed_size`` pixels;
 3. a watershed on ``p_boundary`` (the boundary acts as the barrier) grows the
@@ -42,6 +46,7 @@ from .settings_fields import reject_unknown_fields
 __all__ = [
     "PostprocessSettings",
     "probabilities_to_instances",
+    "foreground_mask",
     "seeded_watershed",
     "stitch_planes",
     "relabel_sequential",
@@ -63,6 +68,7 @@ class PostprocessSettings:
 
     foreground_threshold: float = 0.5
     seed_threshold: float = 0.6
+    boundary_weight: float = 1.0
     min_seed_size: int = 4
     min_size: int = 15
     stitch_threshold: float = 0.25
@@ -82,7 +88,7 @@ class PostprocessSettings:
             value = getattr(self, field.name)
             if isinstance(value, (bool, np.bool_)) or not isinstance(value, Real):
                 raise TypeError(f"{field.name} must be a number, got {value!r} of type {type(value).__name__}.")
-        for name in ("foreground_threshold", "seed_threshold"):
+        for name in ("foreground_threshold", "seed_threshold", "boundary_weight"):
             value = getattr(self, name)
             if not 0 <= value <= 1:
                 raise ValueError(f"{name} must be in [0, 1], got {value}.")
@@ -162,7 +168,7 @@ def probabilities_to_instances(probabilities: np.ndarray, settings: PostprocessS
     if probabilities.ndim != 3 or probabilities.shape[0] != 3:
         raise ValueError(f"probabilities must have shape (3, Y, X), got {probabilities.shape}.")
     background, cell, boundary = (probabilities[k].astype(np.float32, copy=False) for k in range(3))
-    foreground = background < 1 - settings.foreground_threshold
+    foreground = foreground_mask(probabilities, settings)
     seeds_mask = (cell > settings.seed_threshold) & foreground
     seeds, n_seeds = ndi.label(seeds_mask)
     if n_seeds == 0:
@@ -170,6 +176,52 @@ def probabilities_to_instances(probabilities: np.ndarray, settings: PostprocessS
     _drop_small_seeds(seeds, settings.min_seed_size)
     instances = seeded_watershed(boundary, seeds, foreground)
     return _kept_ids(instances, settings.min_size)[instances]  # objects below min_size dropped, ids 1..n in one lookup
+
+
+def foreground_mask(probabilities: np.ndarray, settings: PostprocessSettings | None = None, **overrides) -> np.ndarray:
+    """The pixels the watershed may fill: ``p_cell + boundary_weight * p_boundary > foreground_threshold``.
+
+    Parameters
+    ----------
+    probabilities : (3, ...) float array
+        Background, cell and boundary probabilities of a plane (3, Y, X) or a
+        volume (3, Z, Y, X). Planes are compared in float32 (as the 2D
+        watershed reads them); volumes plane by plane in their own dtype
+        (float16 stays float16, no volume-sized temporary).
+    settings : PostprocessSettings, optional
+    **overrides
+        Individual settings, e.g. ``boundary_weight=0.3``.
+
+    Returns
+    -------
+    foreground : bool array of ``probabilities.shape[1:]``
+
+    Examples
+    --------
+    >>> p = np.array([[0.2, 0.4], [0.2, 0.2], [0.6, 0.4]])[:, None, :]  # bg, cell, boundary of 2 pixels
+    >>> foreground_mask(p, foreground_threshold=0.5)  # cell + boundary > 0.5
+    array([[ True,  True]])
+    >>> foreground_mask(p, foreground_threshold=0.5, boundary_weight=0.5)  # cell + boundary / 2 > 0.5
+    array([[False, False]])
+    """
+    settings = dataclasses.replace(settings or PostprocessSettings(), **overrides).validate()
+    probabilities = np.asarray(probabilities)
+    if probabilities.ndim < 2 or probabilities.shape[0] != 3:
+        raise ValueError(f"probabilities must have shape (3, Y, X) or (3, Z, Y, X), got {probabilities.shape}.")
+    if probabilities.ndim > 3:
+        foreground = np.empty(probabilities.shape[1:], bool)
+        for z in range(probabilities.shape[1]):  # one plane at a time: no volume-sized temporary
+            foreground[z] = _plane_foreground(probabilities[:, z], settings, probabilities.dtype)
+        return foreground
+    return _plane_foreground(probabilities, settings, np.float32)
+
+
+def _plane_foreground(plane: np.ndarray, settings: PostprocessSettings, dtype) -> np.ndarray:
+    dtype = np.dtype(dtype).type if np.dtype(dtype).kind == "f" else np.float32
+    if settings.boundary_weight == 1:  # the original rule, bit for bit
+        return plane[0].astype(dtype, copy=False) < dtype(1 - settings.foreground_threshold)
+    cell, boundary = plane[1].astype(dtype, copy=False), plane[2].astype(dtype, copy=False)
+    return cell + dtype(settings.boundary_weight) * boundary > dtype(settings.foreground_threshold)
 
 
 def _drop_small_seeds(seeds: np.ndarray, min_size: int) -> None:
@@ -338,7 +390,7 @@ def probabilities_to_instances_3d(
         raise ValueError(f"probabilities must have shape (3, Z, Y, X), got {probabilities.shape}.")
     background, cell, boundary = probabilities[0], probabilities[1], probabilities[2]
     dtype = background.dtype.type
-    foreground = background < dtype(1 - settings.foreground_threshold)
+    foreground = foreground_mask(probabilities, settings)
     seeds, n_seeds = ndi.label((cell > dtype(settings.seed_threshold)) & foreground, output=np.int32)
     if out is None:
         out = np.zeros(background.shape, np.uint32)

@@ -35,8 +35,8 @@ The cues are combined by a weighted noisy-OR, ``score = 1 - prod(1 - w * cue)``
 cue ranks an object high. Cues are computed per YX plane, as the network and
 the watershed work, and aggregated per object over its planes; objects of a
 (T)(Z)YX stack keep their ids. ``include_missed=True`` also lists *missed
-object* candidates: foreground-looking regions (cell + boundary probability
-above ``missed_threshold``, ``t``) that belong to no object (after a 3 x 3
+object* candidates: foreground-looking regions (the model's foreground rule,
+:func:`~cellrefine.postprocess.foreground_mask`, at ``missed_threshold``, ``t``) in no object (after a 3 x 3
 opening that drops the thin rims around objects), with negative labels; their
 score is ``(mean(cell + boundary) - t) / (0.8 (1 - t))``, clipped to [0, 1].
 
@@ -55,7 +55,7 @@ from numbers import Real
 import numpy as np
 from scipy import ndimage as ndi
 
-from .postprocess import PostprocessSettings, volume_threshold
+from .postprocess import PostprocessSettings, foreground_mask, volume_threshold
 from .tta import AugmentedPrediction, tta_probabilities
 
 __all__ = ["CUE_WEIGHTS", "ObjectUncertainty", "AugmentedPrediction", "rank_objects", "rank_segmentation", "tta_probabilities"]
@@ -231,9 +231,9 @@ def _combine(cues: dict, weights: dict) -> np.ndarray:
     return 1 - keep
 
 
-def _missed_candidates(probabilities, instances, axes, threshold: float, min_size: int) -> list:
-    """Regions of likely foreground that are in no object, as ObjectUncertainty with negative labels."""
-    candidate = (probabilities[0] < 1 - threshold) & (instances == 0)
+def _missed_candidates(probabilities, instances, axes, threshold: float, min_size: int, settings: PostprocessSettings) -> list:
+    """Regions of likely foreground (``settings.boundary_weight`` as the watershed reads it) in no object, as ObjectUncertainty with negative labels."""
+    candidate = foreground_mask(probabilities, settings, foreground_threshold=threshold) & (instances == 0)
     in_plane = np.zeros((3,) * instances.ndim, bool)
     centre = (1,) * (instances.ndim - 2)
     in_plane[centre] = True  # 3 x 3 in YX only
@@ -370,7 +370,7 @@ def rank_objects(
             )
     if include_missed:
         smallest = int(settings.min_size) if missed_min_size is None else int(missed_min_size)
-        out.extend(_missed_candidates(probabilities, instances, axes, float(missed_threshold), smallest))
+        out.extend(_missed_candidates(probabilities, instances, axes, float(missed_threshold), smallest, settings))
     out.sort(key=lambda o: (-o.score, -o.size, o.label))
     return out
 

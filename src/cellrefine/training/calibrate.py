@@ -8,6 +8,7 @@ import logging
 import numpy as np
 
 from ..metrics.corrections import objects_mostly_inside
+from ..postprocess import PostprocessSettings
 
 logger = logging.getLogger(__name__)
 
@@ -23,7 +24,9 @@ __all__ = [
 ]
 
 CALIBRATION_GRID = {"foreground_threshold": (0.5, 0.6, 0.7, 0.8), "seed_threshold": (0.6, 0.7, 0.8)}
-POSTPROCESS_KEYS = ("foreground_threshold", "seed_threshold", "min_seed_size", "min_size", "stitch_threshold")
+#: Every post-processing setting a calibrated config carries (the fields of PostprocessSettings, ``boundary_weight`` included:
+#: calibration changes the thresholds and ``min_size``, never the weight the model was bundled with).
+POSTPROCESS_KEYS = tuple(field.name for field in dataclasses.fields(PostprocessSettings))
 #: A new threshold pair must beat the current one by this much mean F1: smaller gains are within the noise of a few corrected objects.
 CALIBRATION_MARGIN = 0.02
 #: ``min_size`` candidates of :func:`calibrate_min_size`, as fractions of the median area of the reviewed objects.
@@ -82,8 +85,6 @@ def calibrate_postprocess(probabilities, references, current: dict) -> tuple[dic
         Post-processing settings for the tuned model's config.
     table : list of [foreground, seed, mean_f1]
     """
-    from ..postprocess import PostprocessSettings
-
     base = PostprocessSettings(**current)
     table = []
     best, best_score, current_score = base, -1.0, None
@@ -145,8 +146,6 @@ def calibrate_min_size(probabilities, references, current: dict) -> tuple[dict, 
     table : list of [min_size, mean_f1]
         The current setting first, then each candidate tried.
     """
-    from ..postprocess import PostprocessSettings
-
     base = PostprocessSettings(**current)
     areas = []
     for plane_references in references:
