@@ -212,7 +212,17 @@ def test_shows_the_loaded_models_thresholds_from_the_start(make_napari_viewer, t
     get_session(viewer).set_model(tiny_model)
     widget = SegmentWidget(viewer)
     assert (widget.foreground_threshold.value, widget.seed_threshold.value) == (0.65, 0.75)
-    assert "foreground 0.65, seed 0.75" in widget.thresholds_label.text()
+    assert "foreground 0.65, seed 0.75." in widget.thresholds_label.text()  # weight 1: nothing more to say
+
+
+def test_a_models_boundary_weight_is_shown_and_used(make_napari_viewer, tiny_model, blobs):
+    tiny_model.config["postprocess"] = {"foreground_threshold": 0.4, "seed_threshold": 0.6, "boundary_weight": 0.3}
+    viewer = make_napari_viewer()
+    get_session(viewer).set_model(tiny_model)
+    widget = SegmentWidget(viewer)
+    assert "foreground 0.40, seed 0.60 (foreground = cell + 0.3 x boundary)." in widget.thresholds_label.text()
+    viewer.add_image(blobs[0], name="img")
+    assert widget.request().postprocess.boundary_weight == 0.3  # the form's thresholds replace only their own fields
 
 
 def test_bundled_model_is_loaded_with_its_thresholds(make_napari_viewer):

@@ -98,7 +98,7 @@ class SegmentWidget(Panel):
                     float,
                     "FloatSpinBox",
                     {"min": 0.0, "max": 1.0, "step": 0.05},
-                    "Cell + boundary probability above which a pixel is foreground",
+                    "Cell + boundary probability above which a pixel is foreground (the boundary counted by the model's boundary weight, shown below)",
                 ),
                 Field(
                     "seed_threshold",
@@ -242,7 +242,10 @@ class SegmentWidget(Panel):
             box = getattr(self, name)
             with box.changed.blocked():
                 box.value = getattr(settings, name)
-        text = f"Thresholds of {model.name}: foreground {settings.foreground_threshold:.2f}, seed {settings.seed_threshold:.2f}."
+        text = f"Thresholds of {model.name}: foreground {settings.foreground_threshold:.2f}, seed {settings.seed_threshold:.2f}"
+        if settings.boundary_weight != 1:  # the foreground is cell + w x boundary: say so, or the threshold reads wrong
+            text += f" (foreground = cell + {settings.boundary_weight:g} x boundary)"
+        text += "."
         calibration = calibration_text(model)
         self.thresholds_label.setText(f"{text}\n{calibration}" if calibration else text)
         if announce and calibration:
