@@ -133,6 +133,7 @@ def correction_rounds(model, pool, held_out, budgets, order: str, seed: int, mar
             "annotate_s": annotate_s,
             "finetune_s": finetune_s,
             "round_s": segment_s + annotate_s + finetune_s,
+            "postprocess": dict(model.config.get("postprocess", {})),  # as calibrated by this round's fine-tune
             "eval": scores,
         }
         rounds.append(record)

@@ -8,7 +8,10 @@ provenance record (thresholds before and after, where they were chosen, the
 source checkpoint's file name, library versions), replaces absolute machine
 paths in the provenance by their last two parts (``/data/nuclei/train`` →
 ``nuclei/train``) and writes src/cellrefine/model/weights/NAME.safetensors
-atomically (``Model.save``). The weights are not touched.
+atomically (``Model.save``). The weights are not touched, except that
+``--float16`` stores them in half precision (half the file; ``load_model``
+builds a float32 network and casts them back, so inference and fine-tuning run
+as before; report the scores of the bundled file).
 """
 
 from __future__ import annotations
@@ -101,12 +104,15 @@ def main(argv=None) -> int:
         "--chosen-on", default="nuclei/val with benchmarks/evaluate.py", help="where the thresholds were chosen (goes in the provenance)"
     )
     parser.add_argument("--name", default="nuclei_v1")
+    parser.add_argument("--float16", action="store_true", help="store the weights in float16 (half the file size)")
     parser.add_argument("--license", default=LICENSE, help="the weights' licence and what data they were trained on")
     args = parser.parse_args(argv)
 
     model = cr.load_model(args.checkpoint)
     postprocess = {key: getattr(args, key) for key in POSTPROCESS_KEYS}
     bundle(model, postprocess, args.name, args.checkpoint, args.chosen_on, license=args.license)
+    if args.float16:
+        model.network.half()
     target = model.save(WEIGHTS / f"{args.name}.safetensors")
     print(f"wrote {target} ({target.stat().st_size / 1e6:.2f} MB) from {args.checkpoint}; postprocess {model.config['postprocess']}")
     return 0

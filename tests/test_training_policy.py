@@ -417,7 +417,7 @@ def test_distillation_is_dropped_where_the_parent_is_out_of_its_domain(tiny_mode
 def test_min_size_rises_only_when_small_pieces_are_fragments():
     from cellrefine.training.calibrate import MIN_SIZE_FRACTIONS, calibrate_min_size
 
-    current = {"foreground_threshold": 0.5, "seed_threshold": 0.6, "min_seed_size": 1, "min_size": 15, "stitch_threshold": 0.25}
+    current = {"foreground_threshold": 0.5, "seed_threshold": 0.6, "boundary_weight": 1.0, "min_seed_size": 1, "min_size": 15, "stitch_threshold": 0.25}
     truth = np.zeros((80, 120), np.int32)
     cell = np.zeros(truth.shape, np.float32)
     for k in range(4):  # four true 20 x 20 objects (area 400)
