@@ -417,7 +417,14 @@ def test_distillation_is_dropped_where_the_parent_is_out_of_its_domain(tiny_mode
 def test_min_size_rises_only_when_small_pieces_are_fragments():
     from cellrefine.training.calibrate import MIN_SIZE_FRACTIONS, calibrate_min_size
 
-    current = {"foreground_threshold": 0.5, "seed_threshold": 0.6, "boundary_weight": 1.0, "min_seed_size": 1, "min_size": 15, "stitch_threshold": 0.25}
+    current = {
+        "foreground_threshold": 0.5,
+        "seed_threshold": 0.6,
+        "boundary_weight": 1.0,
+        "min_seed_size": 1,
+        "min_size": 15,
+        "stitch_threshold": 0.25,
+    }
     truth = np.zeros((80, 120), np.int32)
     cell = np.zeros(truth.shape, np.float32)
     for k in range(4):  # four true 20 x 20 objects (area 400)
@@ -438,3 +445,20 @@ def test_min_size_rises_only_when_small_pieces_are_fragments():
     # no reviewed object: nothing to measure, nothing changes
     chosen, table = calibrate_min_size([probabilities], [[("kept", truth, None)]], current)
     assert chosen == current and table == []
+
+
+def test_calibration_grid_follows_the_boundary_weight():
+    # weight 1 (nuclei): foreground 0.5-0.8; part of the boundary (cells, 0.3): the grid shifted down to 0.3-0.6
+    from cellrefine.training.calibrate import CALIBRATION_GRID, PARTIAL_BOUNDARY_FOREGROUNDS, calibrate_postprocess
+
+    truth = np.zeros((40, 40), np.int32)
+    truth[10:30, 10:30] = 1
+    cell = np.where(truth > 0, 0.9, 0.05).astype(np.float32)
+    probabilities = np.stack([1 - cell, cell, np.zeros_like(cell)])
+    references = [[("reviewed", truth, None)]]
+    for weight, current_fg, expected in ((1.0, 0.8, CALIBRATION_GRID["foreground_threshold"]), (0.3, 0.4, PARTIAL_BOUNDARY_FOREGROUNDS)):
+        current = {"foreground_threshold": current_fg, "seed_threshold": 0.6, "boundary_weight": weight}
+        chosen, table = calibrate_postprocess([probabilities], references, current)
+        assert sorted({fg for fg, _, _ in table}) == sorted({current_fg, *expected})
+        assert chosen["boundary_weight"] == weight and chosen["foreground_threshold"] == current_fg  # every pair scores 1.0: the current one stays
+    assert PARTIAL_BOUNDARY_FOREGROUNDS == (0.3, 0.4, 0.5, 0.6) and CALIBRATION_GRID["foreground_threshold"] == (0.5, 0.6, 0.7, 0.8)

@@ -16,6 +16,7 @@ __all__ = [
     "CALIBRATION_GRID",
     "CALIBRATION_MARGIN",
     "MIN_SIZE_FRACTIONS",
+    "PARTIAL_BOUNDARY_FOREGROUNDS",
     "calibrate_postprocess",
     "calibrate_min_size",
     "calibration_references",
@@ -23,10 +24,13 @@ __all__ = [
     "POSTPROCESS_KEYS",
 ]
 
-#: Foreground thresholds reach down to 0.3: a model whose foreground counts part of the boundary (the cells model,
-#: ``boundary_weight`` 0.3, foreground 0.4) needs lower thresholds after fine-tuning (measured with
-#: benchmarks/bench_corrections.py --domains cells: 10 corrected cells 0.489 mean F1 with the grid from 0.5, 0.526 from 0.3).
-CALIBRATION_GRID = {"foreground_threshold": (0.3, 0.4, 0.5, 0.6, 0.7, 0.8), "seed_threshold": (0.6, 0.7, 0.8)}
+CALIBRATION_GRID = {"foreground_threshold": (0.5, 0.6, 0.7, 0.8), "seed_threshold": (0.6, 0.7, 0.8)}
+#: Foreground thresholds for a model whose foreground counts only part of the boundary (``boundary_weight`` < 1, e.g. the
+#: cells model: 0.3, foreground 0.4): its foreground sits lower, so its grid is CALIBRATION_GRID's shifted down by 0.2.
+#: Measured with benchmarks/bench_corrections.py: cells, 10 corrected cells, mean F1 0.489 with the grid from 0.5 and
+#: 0.526 with this one; nuclei (weight 1) with the low values allowed: 100 corrected nuclei 0.782 instead of 0.889
+#: (thresholds of 0.3-0.4 won on the reviewed objects and lost on the others), so weight-1 models keep the grid above.
+PARTIAL_BOUNDARY_FOREGROUNDS = (0.3, 0.4, 0.5, 0.6)
 #: Every post-processing setting a calibrated config carries (the fields of PostprocessSettings, ``boundary_weight`` included:
 #: calibration changes the thresholds and ``min_size``, never the weight the model was bundled with).
 POSTPROCESS_KEYS = tuple(field.name for field in dataclasses.fields(PostprocessSettings))
@@ -62,7 +66,9 @@ def calibrate_postprocess(probabilities, references, current: dict) -> tuple[dic
 
     Fine-tuning changes how confident the network is, so the starting
     model's thresholds may no longer fit. For every (foreground, seed) pair of
-    :data:`CALIBRATION_GRID` (and the current pair) the planes are
+    :data:`CALIBRATION_GRID` (foreground thresholds from
+    :data:`PARTIAL_BOUNDARY_FOREGROUNDS` when the model's ``boundary_weight`` is
+    below 1) and the current pair the planes are
     post-processed once and compared with their references: mean object F1
     over IoU 0.5...0.9, summed over the planes of each group
     (:func:`cellrefine.metrics.aggregate`), then averaged over the groups, so
@@ -91,8 +97,9 @@ def calibrate_postprocess(probabilities, references, current: dict) -> tuple[dic
     base = PostprocessSettings(**current)
     table = []
     best, best_score, current_score = base, -1.0, None
+    foregrounds = CALIBRATION_GRID["foreground_threshold"] if base.boundary_weight == 1 else PARTIAL_BOUNDARY_FOREGROUNDS
     candidates = [(base.foreground_threshold, base.seed_threshold)] + [
-        (fg, seed) for fg in CALIBRATION_GRID["foreground_threshold"] for seed in CALIBRATION_GRID["seed_threshold"]
+        (fg, seed) for fg in foregrounds for seed in CALIBRATION_GRID["seed_threshold"]
     ]
     for fg, seed in dict.fromkeys(candidates):
         settings = dataclasses.replace(base, foreground_threshold=fg, seed_threshold=seed)
