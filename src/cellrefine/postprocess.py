@@ -68,10 +68,10 @@ class PostprocessSettings:
 
     foreground_threshold: float = 0.5
     seed_threshold: float = 0.6
-    boundary_weight: float = 1.0
     min_seed_size: int = 4
     min_size: int = 15
     stitch_threshold: float = 0.25
+    boundary_weight: float = 1.0  # last, so positional construction written before it still means the same
 
     def validate(self) -> PostprocessSettings:
         """Check every field; return self.
