@@ -264,3 +264,16 @@ def test_missed_candidates_follow_the_models_boundary_weight():
     assert [o.size for o in plain] == [144]
     weighted = PostprocessSettings(foreground_threshold=0.4, seed_threshold=0.7, boundary_weight=0.3)
     assert [o for o in rank_objects(p, instances, settings=weighted, include_missed=True, missed_min_size=10) if o.missed] == []
+
+
+def test_foreground_cue_reads_the_foreground_as_the_watershed_does():
+    # one 10 x 10 object of cell 0.5, boundary 0.4, background 0.1 everywhere in it
+    instances = np.zeros((20, 20), np.uint16)
+    instances[5:15, 5:15] = 1
+    p = confident_probabilities(np.zeros_like(instances))
+    p[:, instances > 0] = np.array([0.1, 0.5, 0.4], np.float32)[:, None]
+    (plain,) = rank_objects(p, instances, settings=PostprocessSettings(foreground_threshold=0.8))
+    assert plain.cues["foreground"] == pytest.approx(0.1 / 0.2, abs=1e-6)  # background over 1 - threshold
+    weighted = PostprocessSettings(foreground_threshold=0.4, boundary_weight=0.3)
+    (obj,) = rank_objects(p, instances, settings=weighted)
+    assert obj.cues["foreground"] == pytest.approx((1 - 0.5 - 0.3 * 0.4) / 0.6, abs=1e-6)  # what cell + 0.3 x boundary leaves, over 1 - 0.4

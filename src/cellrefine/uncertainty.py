@@ -6,8 +6,8 @@ objects most-uncertain first, so a user corrects the likely errors before the
 rest. Each object gets a few *cues* in [0, 1] (1 = suspicious):
 
 ``foreground``
-    Mean background probability over the object, relative to the most the
-    watershed allows (``1 - foreground_threshold``): a faint object.
+    Mean background probability (``1 - P(cell) - w P(boundary)`` for ``boundary_weight`` w < 1) over the
+    object, relative to the most the watershed allows (``1 - foreground_threshold``): a faint object.
 ``margin``
     1 - mean(top-1 minus top-2 class probability) over the object's core (its
     pixels whose 3 x 3 neighbourhood lies inside it): a hesitant object.
@@ -190,7 +190,7 @@ def _plane_cues(acc: _Accumulator, index: np.ndarray, probs: np.ndarray, setting
     margin = ordered[2] - ordered[1]
     acc.add("core", index[core])
     acc.add("margin", index[core], margin[core])
-    acc.add("background", index, background)
+    acc.add("background", index, background if settings.boundary_weight == 1 else 1 - cell - np.float32(settings.boundary_weight) * boundary)
     # outline pairs (4-neighbours with different labels) and weak contacts between two objects
     for a, b, pa, pb in ((index[:-1], index[1:], boundary[:-1], boundary[1:]), (index[:, :-1], index[:, 1:], boundary[:, :-1], boundary[:, 1:])):
         differ = a != b
