@@ -198,3 +198,24 @@ def rss() -> int:
     import psutil
 
     return psutil.Process().memory_info().rss
+
+
+def parse_value(text: str):
+    """'3' → 3, '5e-4' → 0.0005, 'true'/'false' → bool, anything else stays a string."""
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_options(items) -> dict:
+    """``["distill=0", "learning_rate=5e-4"]`` → ``{"distill": 0, "learning_rate": 0.0005}`` (values by :func:`parse_value`)."""
+    options = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        options[name] = parse_value(value)
+    return options

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 from _annotator import Annotator, already_reviewed, review
-from _common import emit_with_markdown, machine_info, markdown_header
+from _common import emit_with_markdown, machine_info, markdown_header, parse_options
 from evaluate import load_folder
 
 DOMAINS = {
@@ -206,18 +206,6 @@ def markdown(results: list, info: dict, command: str) -> str:
     return "\n".join(lines)
 
 
-def parse_value(text: str):
-    """'3' → 3, '5e-4' → 0.0005, 'true'/'false' → bool, anything else stays a string."""
-    if text.lower() in ("true", "false"):
-        return text.lower() == "true"
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="../shared/data")
@@ -240,10 +228,7 @@ def main(argv=None):
     parser.add_argument("--json")
     parser.add_argument("--md")
     args = parser.parse_args(argv)
-    options = {}
-    for option in args.finetune_option:
-        name, _, value = option.partition("=")
-        options[name] = parse_value(value)
+    options = parse_options(args.finetune_option)
     budgets = args.budgets or ([10, 25, 50, 100, 200] if args.full else [10, 25, 50, 100])
     orders = args.orders or (["score", "random"] if args.full else ["score"])
     command = "python benchmarks/bench_corrections.py " + " ".join(sys.argv[1:] if argv is None else argv)

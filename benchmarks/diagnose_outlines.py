@@ -81,6 +81,7 @@ def main(argv=None) -> int:
     parser.add_argument("--postprocess", nargs="*", default=[], metavar="NAME=VALUE", help="post-processing overrides")
     args = parser.parse_args(argv)
 
+    from _common import parse_options
     from evaluate import load_folder
 
     import cellrefine as cr
@@ -88,10 +89,7 @@ def main(argv=None) -> int:
     from cellrefine.postprocess import foreground_mask
     from cellrefine.targets import largest_piece_per_label
 
-    overrides = {}
-    for item in args.postprocess:
-        name, _, value = item.partition("=")
-        overrides[name] = float(value) if "." in value or "e" in value else int(value)
+    overrides = parse_options(args.postprocess)
     model = cr.load_model(args.model)
     pairs = load_folder(args.folder)
     real, oracle, rows, semantic = [], [], [], []

@@ -167,12 +167,12 @@ def probabilities_to_instances(probabilities: np.ndarray, settings: PostprocessS
     probabilities = np.asarray(probabilities)
     if probabilities.ndim != 3 or probabilities.shape[0] != 3:
         raise ValueError(f"probabilities must have shape (3, Y, X), got {probabilities.shape}.")
-    background, cell, boundary = (probabilities[k].astype(np.float32, copy=False) for k in range(3))
+    cell, boundary = (probabilities[k].astype(np.float32, copy=False) for k in (1, 2))  # the background is read by foreground_mask only
     foreground = foreground_mask(probabilities, settings)
     seeds_mask = (cell > settings.seed_threshold) & foreground
     seeds, n_seeds = ndi.label(seeds_mask)
     if n_seeds == 0:
-        return np.zeros(background.shape, np.uint32)
+        return np.zeros(cell.shape, np.uint32)
     _drop_small_seeds(seeds, settings.min_seed_size)
     instances = seeded_watershed(boundary, seeds, foreground)
     return _kept_ids(instances, settings.min_size)[instances]  # objects below min_size dropped, ids 1..n in one lookup
