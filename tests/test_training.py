@@ -88,6 +88,19 @@ def test_prepare_sample_semantic_and_class_weighting(blobs):
     np.testing.assert_array_equal(wide.semantic, instances_to_semantic(labels, 1))
 
 
+def test_prepare_sample_border_weighting_has_no_class_balance(blobs):
+    image, labels = blobs
+    mask = np.ones(labels.shape, bool)
+    mask[:, -4:] = False
+    border = prepare_sample(image[None], labels, mask, settings=FinetuneSettings(weighting="border"))
+    expected = mask.astype(np.float32) + border_weight_map(labels, 10.0, 5.0, mask=mask)
+    np.testing.assert_allclose(border.weights, expected)
+    semantic = instances_to_semantic(labels, 2)
+    assert (border.weights[(semantic > 0) & mask] == 1).all()  # cell and boundary pixels: weight 1, not up-weighted
+    assert (border.weights[~mask] == 0).all()
+    assert border.weights[(semantic == 0) & mask].max() > 2  # the border term between close objects is kept
+
+
 # ----------------------------------------------------------------------------- learning
 
 

@@ -354,6 +354,7 @@ def test_train_from_scratch_uses_the_shared_settings(tmp_path, blobs):
     record = model.config["provenance"][0]
     assert record["steps"] == 2 and record["data"] == f"{tmp_path.name}/data" and record["settings"]["steps"] == 2
     assert (tmp_path / "run" / "step_00001.safetensors").exists()
+    assert record["settings"]["weighting"] == "unet" and record["settings"]["boundary_width"] == 2  # the defaults
     # --init continues from a model: its architecture (not --depth/--base-channels) and its weights
     first = model
     assert train.main([*arguments, "--base-channels", "8", "--init", str(tmp_path / "run" / "final.safetensors"), "-o", str(tmp_path / "more")]) == 0
@@ -364,6 +365,11 @@ def test_train_from_scratch_uses_the_shared_settings(tmp_path, blobs):
         float((a - b).abs().max()) for a, b in zip(more.network.state_dict().values(), first.network.state_dict().values()) if a.is_floating_point()
     ]
     assert 0 < max(moved) < 1.0  # trained on from the parent's weights (random weights would differ far more)
+    # the loss options reach the settings (and the record of them)
+    options = ["--weighting", "border", "--boundary-width", "1", "-o", str(tmp_path / "border")]
+    assert train.main([*arguments, "--base-channels", "4", *options]) == 0
+    settings = cellrefine.load_model(tmp_path / "border" / "final.safetensors").config["provenance"][0]["settings"]
+    assert settings["weighting"] == "border" and settings["boundary_width"] == 1
 
 
 def _squares(n_confident: int, faint: float = 0.75):

@@ -59,6 +59,7 @@ def main(argv=None) -> int:
     from .model.io import Model
     from .targets import largest_piece_per_label
     from .training import Plane, Sampler, SampleSet, TrainSettings, optimize
+    from .training.settings import WEIGHTINGS
 
     parser = argparse.ArgumentParser(prog="python -m cellrefine.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("train_dir", help="folder of .npz image/label pairs")
@@ -69,7 +70,8 @@ def main(argv=None) -> int:
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--depth", type=int, default=3)
     parser.add_argument("--base-channels", type=int, default=16)
-    parser.add_argument("--weighting", choices=["unet", "class"], default="unet")
+    parser.add_argument("--weighting", choices=list(WEIGHTINGS), default="unet")
+    parser.add_argument("--boundary-width", type=int, default=2, help="width in pixels of the boundary class at each object's edge")
     parser.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="auto")
     parser.add_argument("--save-every", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
@@ -92,6 +94,7 @@ def main(argv=None) -> int:
         crop_size=args.crop_size,
         learning_rate=args.lr,
         weighting=args.weighting,
+        boundary_width=args.boundary_width,
         freeze_norm=False,
         elastic=0.5,
         dice=0.5,

@@ -102,8 +102,11 @@ def prepare_sample(
     reviewed = np.ones(semantic.shape, bool) if mask is None else np.asarray(mask, bool)
     if exclude is not None:
         reviewed = reviewed & ~exclude
-    weights = class_weight_map(semantic, reviewed)
-    if settings.weighting == "unet" and instances is not None:
+    if settings.weighting == "border":
+        weights = reviewed.astype(np.float32)
+    else:
+        weights = class_weight_map(semantic, reviewed)
+    if settings.weighting in ("unet", "border") and instances is not None:
         weights = weights + border_weight_map(instances, settings.w0, settings.sigma, mask=reviewed)
     if predicted is not None and settings.changed_weight != 1:
         weights = np.where(predicted != semantic, weights * settings.changed_weight, weights)

@@ -11,7 +11,7 @@ from ..settings_fields import reject_unknown_fields
 __all__ = ["TrainSettings", "FinetuneSettings", "PRECISIONS", "WEIGHTINGS"]
 
 PRECISIONS = ("auto", "float32", "bfloat16")
-WEIGHTINGS = ("unet", "class")
+WEIGHTINGS = ("unet", "class", "border")
 
 _POSITIVE_INTS = ("steps", "batch_size", "crop_size", "validate_every", "boundary_width")
 _POSITIVE_FLOATS = ("learning_rate", "sigma")
@@ -40,9 +40,11 @@ class TrainSettings:
         Crops per step and their side in pixels.
     learning_rate, weight_decay : float
         AdamW; the rate warms up over 5 % of the steps, then decays (cosine) to 5 %.
-    weighting : {"unet", "class"}
+    weighting : {"unet", "class", "border"}
         ``"unet"``: class balance plus the U-Net border weight (``w0``, ``sigma``);
-        ``"class"``: class balance only.
+        ``"class"``: class balance only; ``"border"``: every pixel weight 1 plus
+        the border weight (no class balance: the rare boundary class is not
+        up-weighted, so its predicted band is not widened).
     w0, sigma : float
         Amplitude and width (pixels) of the border weight.
     dice : float
