@@ -122,6 +122,26 @@ def test_postprocess_options_are_used(capsys, tmp_path, use_pointwise_model, blo
     assert read(tmp_path / "b.tif")[0].max() == 0
 
 
+@pytest.mark.parametrize(
+    ("model_argument", "expected_shape"),
+    [(None, (4, 520, 696)), ("nuclei", (4, 520, 696)), ("cells", (512, 512)), ("bundled:cells_v1", (512, 512))],
+)
+def test_sample_suits_the_model(capsys, tmp_path, use_pointwise_model, model_argument, expected_shape):
+    # --sample segments the bundled model's own sample: the nuclei stack (TYX), or the phase-contrast crop for --model cells
+    model_options = [] if model_argument is None else ["--model", model_argument]
+    code, out, err = run(capsys, "segment", "--sample", "-o", tmp_path / "sample_labels.tif", *model_options)
+    assert code == 0, err
+    labels, axes = read(tmp_path / "sample_labels.tif")
+    assert labels.shape == expected_shape and axes == ("TYX" if len(expected_shape) == 3 else "YX")
+
+
+def test_sample_beside_a_model_folder_named_cells_is_the_nuclei_one(capsys, tmp_path, use_pointwise_model, monkeypatch):
+    (tmp_path / "cells").mkdir()  # a user's model folder called "cells" is not the bundled cells model
+    monkeypatch.chdir(tmp_path)
+    assert run(capsys, "segment", "--sample", "--model", "cells", "-o", tmp_path / "sample_labels.tif")[0] == 0
+    assert read(tmp_path / "sample_labels.tif")[0].shape == (4, 520, 696)
+
+
 def test_npy_input(capsys, tmp_path, model_path):
     np.save(tmp_path / "image.npy", np.zeros((2, 12, 12), np.float32))
     code, _, err = run(capsys, "segment", tmp_path / "image.npy", "--axes", "TYX", "--model", model_path, "--device", "cpu")

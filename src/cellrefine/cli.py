@@ -6,6 +6,7 @@ Examples::
     cellrefine segment "data/*.tif" -o results/ --axes ZYX --semantic
     cellrefine segment stack.tif --scale 2,0.5,0.5 --stack-mode 3d   # voxel size (z, y, x); default: from the file
     cellrefine segment --sample -o sample_labels.tif
+    cellrefine segment --sample --model cells -o cells_labels.tif   # the whole-cell model on its own sample
     cellrefine segment volume.zarr -o labels.zarr --distributed --workers 4   # big data: OME-Zarr labels, block by block
     cellrefine finetune img1.tif img2.tif --labels img1_labels.tif img2_labels.tif -o my_model
     cellrefine finetune images/ --labels labels/ -o my_model --steps 300
@@ -101,9 +102,16 @@ def _voxel_text(result, file: ImageFile, source: str) -> str:
     return f" [{result.stack_mode}; voxel (z, y, x) {':'.join(f'{v:g}' for v in result.scale)} ({source})]"
 
 
+def _sample_path(model_argument) -> Path:
+    """The bundled sample that suits ``--model``: the phase-contrast crop for the bundled cells model, else the nuclei stack."""
+    from .data import sample_cells_path, sample_nuclei_path
+    from .model.bundled import bundled_name
+
+    return sample_cells_path() if bundled_name(model_argument) == "cells" else sample_nuclei_path()
+
+
 def cmd_segment(args) -> int:
     from . import load_model
-    from .data import sample_nuclei_path
     from .inference import SegmentationCancelled, iter_segment
     from .progress import run_to_end
 
@@ -113,7 +121,7 @@ def cmd_segment(args) -> int:
         return run_distributed(args)
     specs = list(args.inputs)
     if args.sample:
-        specs.append(str(sample_nuclei_path()))
+        specs.append(str(_sample_path(args.model)))
     if not specs:
         raise CLIError("give at least one input image (a file, a folder or a glob), or --sample.")
     inputs = expand_inputs(specs)
@@ -286,7 +294,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     seg.add_argument("inputs", nargs="*", help="TIFF (or .npy) files, folders of TIFFs, or quoted glob patterns")
     seg.add_argument("-o", "--output", help="output TIFF (one input) or folder; default: NAME_labels.tif beside each input")
-    seg.add_argument("--sample", action="store_true", help="also segment the bundled sample stack (4 BBBC039 fields, axes TYX)")
+    seg.add_argument(
+        "--sample",
+        action="store_true",
+        help="also segment the bundled sample that suits the model: 4 BBBC039 nuclei fields (axes TYX), or with "
+        "--model cells a 512x512 phase-contrast crop (Usiigaci, axes YX)",
+    )
     _add_model_options(seg, _MODEL_HELP, "axes of the inputs over TZCYX, e.g. YX, YXC, CYX, ZYX, TYX, TZCYX (default: from the file, else inferred)")
     seg.add_argument("--semantic", action="store_true", help="also write NAME_classes.tif (0 background, 1 cell, 2 boundary)")
     seg.add_argument("--tile-size", type=_whole_number(1), default=None, help="tile core size in pixels (default by device)")
