@@ -1,11 +1,14 @@
-"""How sure the bundled model is of itself, per domain: the signal behind ``TrainSettings.distill_confidence``.
+"""How sure a bundled model is of itself, per domain: the signal behind ``TrainSettings.distill_confidence``.
 
     python benchmarks/parent_confidence.py --data ../shared/data
+    python benchmarks/parent_confidence.py --data ../shared/data --model cells --domains cells/val nuclei/val
 
-For the first ``--images`` images of ``em/val`` and ``nuclei/val``: the mean top-class probability
-over the image, the share of pixels whose top class has probability >= 0.9, and the normalised
-entropy. Distillation (keeping the parent's predictions on unreviewed pixels) is only worth it where
-the parent is in its own domain.
+For the first ``--images`` images of each domain (default ``em/val`` and ``nuclei/val``):
+``gate``, what fine-tuning compares with ``distill_confidence`` (the mean top-class probability
+over the pixels whose top class is not boundary, ``cellrefine.training.samples.teacher_confidence``,
+here over the whole image), the mean top-class probability over all pixels, the share of pixels
+whose top class has probability >= 0.9, and the normalised entropy. Distillation (keeping the
+parent's predictions on unreviewed pixels) is only worth it where the parent is in its own domain.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import numpy as np
 from _common import emit, machine_info
 
 import cellrefine as cr
+from cellrefine.training.samples import teacher_confidence
 
 
 def confidence(probabilities: np.ndarray) -> dict:
@@ -24,23 +28,26 @@ def confidence(probabilities: np.ndarray) -> dict:
     p = probabilities.astype(np.float32)
     top = p.max(axis=0)
     entropy = -(p * np.log(np.clip(p, 1e-6, 1))).sum(axis=0) / np.log(p.shape[0])
-    return {"mean_top": float(top.mean()), "share_top_0.9": float(np.mean(top >= 0.9)), "mean_entropy": float(entropy.mean())}
+    gate = teacher_confidence(p, np.ones(top.shape, bool))
+    return {"gate": round(gate, 4), "mean_top": float(top.mean()), "share_top_0.9": float(np.mean(top >= 0.9)), "mean_entropy": float(entropy.mean())}
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
     parser.add_argument("--images", type=int, default=3)
+    parser.add_argument("--model", default=None, help="a bundled name or a file (default: the default bundled model)")
+    parser.add_argument("--domains", nargs="+", default=["em/val", "nuclei/val"], help="folders under --data")
     parser.add_argument("--json")
     args = parser.parse_args(argv)
-    model = cr.load_model()
+    model = cr.load_model(args.model)
     result = {"machine": machine_info(), "domains": {}}
-    for domain in ("em/val", "nuclei/val"):
+    for domain in args.domains:
         rows = []
         for path in sorted((args.data / domain).glob("*.npz"))[: args.images]:
             with np.load(path, allow_pickle=False) as data:
                 image = data["image"]
-            segmentation = cr.segment(image, model=model, return_probabilities=True)
+            segmentation = cr.segment(image, model=model, axes="YXC" if image.ndim == 3 else "YX", return_probabilities=True)
             rows.append({"image": path.name, **confidence(segmentation.probabilities)})
         result["domains"][domain] = rows
     emit(result, args.json)

@@ -420,6 +420,35 @@ def test_distillation_is_dropped_where_the_parent_is_out_of_its_domain(tiny_mode
     assert tuned.config["provenance"][-1]["teacher_confidence"] == [confidence]
 
 
+def test_teacher_confidence_leaves_out_the_boundary_band(tiny_model, blobs, monkeypatch):
+    # a parent at home on background and cells but unsure on the boundary band (dense objects) keeps its distillation
+    from cellrefine import tiling
+    from cellrefine.training import SampleSet, TrainSettings, collect_planes
+    from cellrefine.training.samples import teacher_confidence
+
+    probabilities = np.zeros((3, 4, 4), np.float32)
+    probabilities[:, :2] = np.array([0.95, 0.04, 0.01])[:, None, None]  # top half: background at 0.95
+    probabilities[:, 2:] = np.array([0.25, 0.3, 0.45])[:, None, None]  # bottom half: boundary at 0.45
+    everywhere = np.ones((4, 4), bool)
+    assert teacher_confidence(probabilities, everywhere) == pytest.approx(0.95)  # not (0.95 + 0.45) / 2 = 0.7
+    only_boundary = np.zeros((4, 4), bool)
+    only_boundary[2:] = True
+    assert teacher_confidence(probabilities, only_boundary) == pytest.approx(0.45)  # nothing else unreviewed: all of it counts
+
+    image, labels = blobs
+    mask = np.zeros(labels.shape, bool)
+    mask[: labels.shape[0] // 2] = True
+    planes = collect_planes([image], [labels], [mask], None, "instances", tiny_model)
+    parent = np.zeros((3, *labels.shape), np.float32)
+    parent[0], parent[1], parent[2] = 0.92, 0.03, 0.05  # background at 0.92 ...
+    band = instances_to_semantic(labels, 2) == 2
+    parent[:, band] = np.array([0.35, 0.25, 0.4])[:, None]  # ... boundary at 0.4 on the band: 0.9 is out of reach over all pixels
+    monkeypatch.setattr(tiling, "predict_probabilities", lambda network, image, device=None: parent.copy())
+    samples = SampleSet(planes, settings=TrainSettings(distill_confidence=0.9), parent=tiny_model)
+    assert samples[0].teacher is not None and samples.teacher_confidence[0] == pytest.approx(0.92)
+    assert float(parent.max(axis=0)[~mask].mean()) < 0.9  # the old rule (all unreviewed pixels) would have dropped it
+
+
 def test_min_size_rises_only_when_small_pieces_are_fragments():
     from cellrefine.training.calibrate import MIN_SIZE_FRACTIONS, calibrate_min_size
 

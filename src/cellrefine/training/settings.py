@@ -57,11 +57,12 @@ class TrainSettings:
     distill_confidence : float
         Distillation is used on a plane only where the starting model is at
         home: its mean top-class probability over the plane's unreviewed
-        pixels must reach this (0 = always). Out of its domain (the bundled
-        nuclei model on EM: 0.73-0.76; on nuclei images: 0.97-0.98) its
-        predictions are not worth keeping, and keeping them stops the
-        corrections from reshaping the model (docs/benchmarks.md,
-        "Corrections to accuracy").
+        pixels that it does not call boundary must reach this (0 = always;
+        :func:`~cellrefine.training.samples.teacher_confidence`). Out of its
+        domain (the bundled nuclei model on EM: 0.66-0.79; on nuclei images:
+        0.96-0.99; the cells model on cells: 0.92-0.98) its predictions are
+        not worth keeping, and keeping them stops the corrections from
+        reshaping the model (docs/benchmarks.md, "Corrections to accuracy").
     context_crops : float
         Share of crops drawn anywhere in a partly reviewed plane (distillation context).
     boundary_width : int
