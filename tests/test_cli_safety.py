@@ -248,8 +248,9 @@ def test_ctrl_c_during_the_write_in_a_real_process(tmp_path, image, model_path):
     ready = tmp_path / "ready"
     code = textwrap.dedent(
         f"""
-        import sys, time, tifffile
+        import signal, sys, time, tifffile
         from pathlib import Path
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a shell's background job starts with SIGINT ignored
         def slow(path, *args, **kwargs):  # half of the file written when Ctrl-C comes
             Path(path).write_bytes(b"II*\\x00 half")
             Path({str(ready)!r}).touch()

@@ -250,6 +250,7 @@ def test_ctrl_c_during_a_write_in_another_process_keeps_the_old_file(tmp_path):
         f"""
         import os, signal
         from cellrefine.files import atomic_write
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a shell's background job starts with SIGINT ignored
         with atomic_write({str(path)!r}) as temp:
             with open(temp, "wb") as stream:
                 stream.write(b"half of the new labels")
