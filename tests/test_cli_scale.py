@@ -223,6 +223,27 @@ def test_z_y_x_scale_gives_y_x_to_2d_images_of_a_batch(capsys, tmp_path, core_ca
     assert [call["scale"] for call in core_calls] == [(3.0, 0.6, 0.5), (0.6, 0.5)]
 
 
+_BROKEN_OME = (
+    '<?xml version="1.0" encoding="UTF-8"?><OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06">'
+    '<Image ID="Image:0"><Pixels PhysicalSizeZ="2.0" PhysicalSizeY="0.5" PhysicalSizeX="0.5"></OME>'  # <Image> never closed
+)
+
+
+def test_malformed_voxel_size_metadata_is_a_warning_for_a_stack(capsys, tmp_path, core_calls):
+    path = tmp_path / "broken.ome.tif"
+    tifffile.imwrite(path, stack(), description=_BROKEN_OME, metadata=None)
+    with pytest.warns(UserWarning, match=r"broken\.ome\.tif: the voxel size in its TIFF metadata cannot be read \(ParseError: mismatched tag"):
+        assert open_image(path, axes="ZYX").scale is None
+    code, out, err = run(capsys, "segment", path, "--axes", "ZYX", "-o", tmp_path / "labels.tif")
+    assert code == 0, err
+    warning_lines = [line for line in err.splitlines() if "warning:" in line]
+    assert len(warning_lines) == 1 and warning_lines[0].startswith("cellrefine segment: warning: broken.ome.tif: the voxel size")
+    assert "--scale Z,Y,X" in warning_lines[0] and core_calls[0]["scale"] is None
+    # the same file read as channels (no Z): its voxel size does not matter, so no warning
+    code, out, err = run(capsys, "segment", path, "--axes", "CYX", "-o", tmp_path / "labels2.tif")
+    assert code == 0 and "warning:" not in err, err
+
+
 def test_y_x_scale_for_a_stack_is_refused_before_any_work(capsys, tmp_path, core_calls):
     tifffile.imwrite(tmp_path / "plane.tif", stack((12, 10)))
     tifffile.imwrite(tmp_path / "zstack.tif", stack(), photometric="minisblack", metadata={"axes": "ZYX"})

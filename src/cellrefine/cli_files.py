@@ -21,6 +21,8 @@ and docs/user-guide.md):
   metadata (``spacing`` for Z; 1 / X/YResolution, pixels per ``unit``, for X
   and Y). Plain TIFF resolution tags are not used (often a 72 dpi
   placeholder); a stack gets a voxel size only when its Z spacing is recorded.
+  Metadata that is there but malformed gives a warning for a stack (one line
+  on the command line), not an error: the stack is then taken as isotropic.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import dataclasses
 import glob
 import os
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -185,7 +188,7 @@ def open_image(path: Path, axes: str | None = None, series: int | None = None) -
             chosen = series_list[index]
             shape = tuple(int(n) for n in chosen.shape)
             file_axes = "".join(_TIFFFILE_TO_CELLREFINE.get(a, "?") for a in chosen.axes)
-            sizes, unit = _read_voxel_size(tif, index)
+            sizes, unit, problem = _read_voxel_size(tif, index)
     except OSError as error:
         raise CLIError(f"cannot read {path}: {_os_reason(error)}.") from None
     except (tifffile.TiffFileError, ValueError) as error:
@@ -194,6 +197,12 @@ def open_image(path: Path, axes: str | None = None, series: int | None = None) -
         axes = file_axes
     axes = _checked_axes(check_axes, path, shape, axes)
     scale = _scale_for_axes(sizes, axes)
+    if problem and "Z" in axes:  # only a stack's voxel size matters (3D mode)
+        warnings.warn(
+            f"{path.name}: the voxel size in its TIFF metadata cannot be read ({problem}); the stack is taken as isotropic "
+            "unless you give --scale Z,Y,X.",
+            stacklevel=2,
+        )
     return ImageFile(path, index, shape, axes, scale, unit if scale is not None else None)
 
 
@@ -245,18 +254,22 @@ def _imagej_voxel_size(metadata: dict, page) -> tuple[dict, str | None]:
     return ({}, None) if unit is None and spacing is None and sizes["X"] == sizes["Y"] == 1.0 else (sizes, unit)  # uncalibrated: none
 
 
-def _read_voxel_size(tif, index: int) -> tuple[dict, str | None]:
-    """``({"Z": z, "Y": y, "X": x}, unit)`` of series ``index`` (see the module docstring); sizes missing when not recorded."""
+def _read_voxel_size(tif, index: int) -> tuple[dict, str | None, str | None]:
+    """``({"Z": z, "Y": y, "X": x}, unit, problem)`` of series ``index`` (see the module docstring).
+
+    Sizes are missing when not recorded; ``problem`` says why metadata that is there could not be
+    read (malformed OME-XML or ImageJ values), None otherwise.
+    """
     try:
         if tif.is_ome and tif.ome_metadata:
             sizes, unit = _ome_voxel_size(tif.ome_metadata, index, len(tif.series))
             if sizes:
-                return sizes, unit
+                return sizes, unit, None
         if tif.is_imagej and tif.imagej_metadata is not None:
-            return _imagej_voxel_size(tif.imagej_metadata, tif.series[index].keyframe)
-    except (AttributeError, IndexError, KeyError, TypeError, ValueError, SyntaxError):  # ElementTree.ParseError is a SyntaxError
-        pass
-    return {}, None
+            return (*_imagej_voxel_size(tif.imagej_metadata, tif.series[index].keyframe), None)
+    except (AttributeError, IndexError, KeyError, TypeError, ValueError, SyntaxError) as error:  # ElementTree.ParseError is a SyntaxError
+        return {}, None, f"{type(error).__name__}: {error}"
+    return {}, None, None
 
 
 def _scale_for_axes(sizes: dict, axes: str) -> tuple[float, ...] | None:
