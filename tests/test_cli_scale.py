@@ -223,6 +223,33 @@ def test_z_y_x_scale_gives_y_x_to_2d_images_of_a_batch(capsys, tmp_path, core_ca
     assert [call["scale"] for call in core_calls] == [(3.0, 0.6, 0.5), (0.6, 0.5)]
 
 
+def test_labels_carry_the_input_files_voxel_size(capsys, tmp_path, core_calls):
+    path = write_imagej(tmp_path / "ij.tif", stack(), spacing=2.0, resolution=(0.5, 0.25))
+    code, out, err = run(capsys, "segment", path, "-o", tmp_path / "labels.tif", "--semantic")
+    assert code == 0, err
+    for written in (tmp_path / "labels.tif", tmp_path / "labels_classes.tif"):
+        labels = open_image(written)  # read back as any input: OME-XML PhysicalSize*, which Fiji's Bio-Formats reads too
+        assert labels.axes == "ZYX" and labels.scale == pytest.approx((2.0, 0.5, 0.25)) and labels.unit == "µm"
+    # a 2D OME image in nm keeps its unit
+    tifffile.imwrite(
+        tmp_path / "flat.ome.tif",
+        stack((12, 10)),
+        ome=True,
+        metadata={"axes": "YX", "PhysicalSizeY": 40, "PhysicalSizeYUnit": "nm", "PhysicalSizeX": 40, "PhysicalSizeXUnit": "nm"},
+    )
+    assert run(capsys, "segment", tmp_path / "flat.ome.tif", "-o", tmp_path / "flat_labels.tif")[0] == 0
+    flat = open_image(tmp_path / "flat_labels.tif")
+    assert flat.scale == pytest.approx((40.0, 40.0)) and flat.unit == "nm"
+    # --scale has no unit: the labels stay a plain TIFF (no voxel size claimed), as do inputs without one
+    assert run(capsys, "segment", path, "-o", tmp_path / "scaled.tif", "--scale", "4,1,1")[0] == 0
+    tifffile.imwrite(tmp_path / "plain.tif", stack(), photometric="minisblack", metadata={"axes": "ZYX"})
+    assert run(capsys, "segment", tmp_path / "plain.tif", "-o", tmp_path / "plain_labels.tif")[0] == 0
+    for written in (tmp_path / "scaled.tif", tmp_path / "plain_labels.tif"):
+        assert open_image(written).scale is None
+        with tifffile.TiffFile(written) as tif:
+            assert not tif.is_ome
+
+
 _BROKEN_OME = (
     '<?xml version="1.0" encoding="UTF-8"?><OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06">'
     '<Image ID="Image:0"><Pixels PhysicalSizeZ="2.0" PhysicalSizeY="0.5" PhysicalSizeX="0.5"></OME>'  # <Image> never closed

@@ -63,14 +63,33 @@ class _LogProgress:
         pass
 
 
-def _write_tiff(path: Path, array: np.ndarray, axes: str) -> None:
-    """Write ``array`` as a zlib-compressed grey TIFF through a temporary file renamed over ``path`` (never half-written)."""
+def _write_tiff(path: Path, array: np.ndarray, axes: str, voxel_size: dict | None = None) -> None:
+    """Write ``array`` as a zlib-compressed grey TIFF through a temporary file renamed over ``path`` (never half-written).
+
+    ``voxel_size`` (``{"Z": 2.0, "Y": 0.5, "X": 0.5, "unit": "µm"}``, the input file's own): written
+    as OME-XML ``PhysicalSize*``, so Fiji (Bio-Formats) and CellRefine read the labels with the
+    image's calibration; None: a plain TIFF, as before.
+    """
     import tifffile
 
     from .files import atomic_write
 
+    metadata = {"axes": axes}
+    if voxel_size:
+        unit = voxel_size["unit"]
+        metadata |= {key: value for a in "ZYX" if a in axes for key, value in ((f"PhysicalSize{a}", voxel_size[a]), (f"PhysicalSize{a}Unit", unit))}
     with atomic_write(path, make_parents=True) as temp:
-        tifffile.imwrite(temp, array, compression="zlib", photometric="minisblack", metadata={"axes": axes})
+        tifffile.imwrite(temp, array, compression="zlib", photometric="minisblack", metadata=metadata, ome=bool(voxel_size))
+
+
+def _file_voxel_size(file: ImageFile, given) -> dict | None:
+    """The input file's own voxel size and unit to write into its labels (none when ``--scale`` was given or the unit is unknown)."""
+    from .cli_files import LENGTH_UNITS
+
+    if given is not None or file.scale is None or file.unit not in LENGTH_UNITS:
+        return None
+    spatial = [letter for letter in "ZYX" if letter in file.axes]
+    return {**dict(zip(spatial, file.scale)), "unit": file.unit}
 
 
 def _open_all(paths: list[Path], axes: str | None, series: int | None) -> list[ImageFile]:
@@ -141,10 +160,11 @@ def cmd_segment(args) -> int:
             result = run_to_end(generator, bar, cancelled=SegmentationCancelled)
         finally:
             bar.close()
-        _write_tiff(target, result.instances, result.axes)
+        voxel_size = _file_voxel_size(file, args.scale)
+        _write_tiff(target, result.instances, result.axes, voxel_size)
         written = [str(target)]
         if classes_path is not None:
-            _write_tiff(classes_path, result.semantic, result.axes)
+            _write_tiff(classes_path, result.semantic, result.axes, voxel_size)
             written.append(str(classes_path))
         counts = np.bincount(result.semantic.ravel(), minlength=3) / result.semantic.size
         series = "" if file.series in (None, 0) else f" series {file.series}"

@@ -208,6 +208,8 @@ def open_image(path: Path, axes: str | None = None, series: int | None = None) -
 
 #: Length units in micrometres, to compare OME-XML sizes given in different units.
 _MICROMETRES = {"Å": 1e-4, "pm": 1e-6, "nm": 1e-3, "µm": 1.0, "mm": 1e3, "cm": 1e4, "m": 1e6}
+#: The length units CellRefine writes into OME-XML (all valid OME ``UnitsLength`` values).
+LENGTH_UNITS = frozenset(_MICROMETRES)
 _MICRO_SPELLINGS = {"um", "micron", "microns", "micrometer", "micrometre", "\\u00b5m", "μm", "µm"}
 
 
