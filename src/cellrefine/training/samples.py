@@ -218,12 +218,31 @@ class SampleSet(Sequence):
 
 
 def teacher_confidence(probabilities: np.ndarray, unreviewed: np.ndarray) -> float:
-    """How much at home the starting model is on a plane: its mean top-class probability over the unreviewed
-    pixels whose most likely class is not *boundary* (all unreviewed pixels if every one is).
+    """How much at home the starting model is on a plane (compared with ``TrainSettings.distill_confidence``).
 
-    Boundary pixels are left out because they are uncertain by nature (a 2-px band with soft edges) and their
-    share follows the objects' density, not the domain: the bundled cells model scores 0.873 over all pixels of
-    its own (dense) sample but 0.929 without them; the nuclei model on EM 0.66-0.79 either way.
+    Its mean top-class probability over the unreviewed pixels whose most likely class is not
+    *boundary* (over all unreviewed pixels if every one of them is). Boundary pixels are left out
+    because they are uncertain by nature (a 2-px band with soft edges) and their share follows the
+    objects' density, not the domain: the bundled cells model scores 0.873 over all pixels of its
+    own dense sample but 0.929 without them; the nuclei model on EM 0.66-0.79 either way.
+
+    Parameters
+    ----------
+    probabilities : (3, Y, X) float array
+        The starting model's background, cell and boundary probabilities.
+    unreviewed : (Y, X) bool array
+        The pixels nobody reviewed (where distillation would keep the model's predictions).
+
+    Returns
+    -------
+    float
+        In [1/3, 1]; the mean top-class probability of the pixels considered.
+
+    Examples
+    --------
+    >>> p = np.array([[0.95, 0.25], [0.04, 0.3], [0.01, 0.45]])[:, None, :]  # background pixel, boundary pixel
+    >>> round(teacher_confidence(p, np.ones((1, 2), bool)), 2)  # the boundary pixel is left out
+    0.95
     """
     top = probabilities.max(axis=0)
     considered = unreviewed & (probabilities.argmax(axis=0) != 2)
