@@ -147,11 +147,11 @@ def correction_rounds(model, pool, held_out, budgets, order: str, seed: int, mar
     return rounds
 
 
-def run_domain(name: str, data: Path, budgets, orders, seeds: int, margin: int, steps, options: dict) -> dict:
+def run_domain(name: str, data: Path, budgets, orders, seeds: int, margin: int, steps, options: dict, parent=None) -> dict:
     import cellrefine as cr
 
     pool, held_out = load(data, DOMAINS[name]["pool"]), load(data, DOMAINS[name]["eval"])
-    bundled = cr.load_model(DOMAINS[name].get("model"))
+    bundled = cr.load_model(parent or DOMAINS[name].get("model"))
     result = {
         "domain": name,
         "model": bundled.name,
@@ -225,6 +225,7 @@ def main(argv=None):
         metavar="NAME=VALUE",
         help="a cellrefine.finetune setting for the correction rounds and the reference (e.g. distill=0); repeatable",
     )
+    parser.add_argument("--parent", help="start every domain from this model (a bundled name or a file) instead of the domain's own")
     parser.add_argument("--json")
     parser.add_argument("--md")
     args = parser.parse_args(argv)
@@ -234,7 +235,7 @@ def main(argv=None):
     command = "python benchmarks/bench_corrections.py " + " ".join(sys.argv[1:] if argv is None else argv)
     info = machine_info()
     started = time.perf_counter()
-    results = [run_domain(name, Path(args.data), budgets, orders, args.seeds, args.margin, args.steps, options) for name in args.domains]
+    results = [run_domain(name, Path(args.data), budgets, orders, args.seeds, args.margin, args.steps, options, args.parent) for name in args.domains]
     out = {
         "benchmark": "corrections",
         "command": command,
