@@ -7,7 +7,10 @@ For the first ``--images`` images of each domain (default ``em/val`` and ``nucle
 ``gate``, what fine-tuning compares with ``distill_confidence`` (the mean top-class probability
 over the pixels whose top class is not boundary, ``cellrefine.training.samples.teacher_confidence``,
 here over the whole image), the mean top-class probability over all pixels, the share of pixels
-whose top class has probability >= 0.9, and the normalised entropy. Distillation (keeping the
+whose top class has probability >= 0.9, the normalised entropy, and ``foreground_recall``: the
+share of the true objects' pixels the model calls cell or boundary (a candidate for telling
+"confidently empty" from "at home", which ``gate`` cannot: a model that predicts background
+everywhere is confident too). Distillation (keeping the
 parent's predictions on unreviewed pixels) is only worth it where the parent is in its own domain.
 """
 
@@ -46,9 +49,11 @@ def main(argv=None) -> int:
         rows = []
         for path in sorted((args.data / domain).glob("*.npz"))[: args.images]:
             with np.load(path, allow_pickle=False) as data:
-                image = data["image"]
+                image, labels = data["image"], data["labels"]
             segmentation = cr.segment(image, model=model, axes="YXC" if image.ndim == 3 else "YX", return_probabilities=True)
-            rows.append({"image": path.name, **confidence(segmentation.probabilities)})
+            probabilities = np.asarray(segmentation.probabilities)
+            recall = float((probabilities.argmax(axis=0) != 0)[labels > 0].mean())
+            rows.append({"image": path.name, **confidence(probabilities), "foreground_recall": round(recall, 4)})
         result["domains"][domain] = rows
     emit(result, args.json)
     return 0
