@@ -18,6 +18,7 @@ instances against the sample's labels before and after.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -26,14 +27,18 @@ from make_screenshots import open_viewer, save_window, settle, wait_until
 
 
 def correct_top_objects(instances_layer, ranking, truth: np.ndarray, n_objects: int = 3) -> None:
-    """Erase the ``n_objects`` first-ranked objects and paint the true cell(s) under each (a true cell mostly under it)."""
-    before = np.asarray(instances_layer.data).copy()
-    for item in [item for item in ranking if item.label > 0][:n_objects]:
-        region = before == item.label
-        instances_layer.data_setitem(np.nonzero(region), 0)
-        for true_id in np.unique(truth[region]):
-            if true_id and (truth[region] == true_id).sum() > 0.2 * (truth == true_id).sum():
-                instances_layer.data_setitem(np.nonzero(truth == true_id), int(np.asarray(instances_layer.data).max()) + 1)
+    """Erase the ``n_objects`` first-ranked objects and paint the true cell(s) under each, as one edit of the layer.
+
+    The labels come from ``benchmarks/bench_sample_corrections.py`` (the same corrections as that
+    benchmark and the regression test); ``Labels.data_setitem`` records the edit like brush strokes.
+    """
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from bench_sample_corrections import correct_top_objects as corrected_labels
+
+    before = np.asarray(instances_layer.data)
+    corrected, _ = corrected_labels(before, ranking, truth, n_objects)
+    changed = corrected != before
+    instances_layer.data_setitem(np.nonzero(changed), corrected[changed].astype(before.dtype))
 
 
 def scores_text(truth: np.ndarray, instances: np.ndarray) -> str:

@@ -81,7 +81,8 @@ def test_a_few_corrections_do_not_undo_the_rest_of_the_image(cells_model):
     # (benchmarks/bench_sample_corrections.py prints these and the same on other images).
     image, truth = load_sample_cells(), load_sample_cells(labels=True).astype(np.int64)
     seg = cr.segment(image, cells_model, axes="YX", device="cpu", return_probabilities=True)
-    corrected, reviewed = _benchmark("bench_sample_corrections").correct_top_objects(seg, truth, 3)
+    ranking = cr.rank_objects(seg.probabilities, seg.instances, settings=seg.settings)
+    corrected, reviewed = _benchmark("bench_sample_corrections").correct_top_objects(seg.instances, ranking, truth, 3)
     tuned = cr.finetune(cells_model, [image], [corrected], masks=[reviewed], device="cpu")
     assert tuned.config["provenance"][-1]["teacher_confidence"][0] >= 0.9  # distillation kept the unreviewed pixels
     after = object_scores(truth, cr.segment(image, tuned, axes="YX", device="cpu").instances)
