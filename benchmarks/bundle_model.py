@@ -23,7 +23,8 @@ import ntpath
 import posixpath
 from pathlib import Path
 
-POSTPROCESS_KEYS = ("foreground_threshold", "seed_threshold", "boundary_weight", "min_seed_size", "min_size", "stitch_threshold")
+from cellrefine.training.calibrate import POSTPROCESS_KEYS  # every PostprocessSettings field, boundary_weight included
+
 LICENSE = "BSD-3-Clause (weights); trained on CC0 data (DSB2018 stage1_train, BBBC039v1 training split)"
 WEIGHTS = Path(__file__).resolve().parents[1] / "src" / "cellrefine" / "model" / "weights"
 
