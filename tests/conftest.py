@@ -142,6 +142,22 @@ def pointwise_model():
     return make_pointwise_model()
 
 
+@pytest.fixture
+def load_benchmark():
+    """Load a script of ``benchmarks/`` as a module (its helpers, not its ``main``): ``load_benchmark("diagnose_outlines")``."""
+    import importlib.util
+    from pathlib import Path
+
+    def load(name: str):
+        path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
+
+
 # Hypothesis: the same examples on every run (CI must not fail by chance), no per-example deadline (shared 2-core machines)
 from hypothesis import settings as _hypothesis_settings  # noqa: E402
 

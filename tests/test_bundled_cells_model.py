@@ -7,9 +7,6 @@ these bounds guard the weights, the sample and the pipeline; they do not measure
 images (docs/model-card.md has the validation figures).
 """
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -32,15 +29,6 @@ POSTPROCESS = {
     "min_size": 300,
     "stitch_threshold": 0.25,
 }
-
-
-def _benchmark(name: str):
-    """A script of benchmarks/ as a module (its helpers, not its main)."""
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +60,7 @@ def test_cells_model_segments_the_cells_sample(cells_model, precision):
     assert np.bincount(seg.instances.ravel())[1:].min() >= POSTPROCESS["min_size"]
 
 
-def test_a_few_corrections_do_not_undo_the_rest_of_the_image(cells_model):
+def test_a_few_corrections_do_not_undo_the_rest_of_the_image(cells_model, load_benchmark):
     # The correction loop as a user runs it: segment, take the 3 objects "Review next" lists first, erase each
     # and paint the true cell(s) there (the reviewed pixels), fine-tune with the defaults, re-segment.
     # The sample is dense, so the model's mean top-class probability over all unreviewed pixels is 0.87 (its
@@ -82,7 +70,7 @@ def test_a_few_corrections_do_not_undo_the_rest_of_the_image(cells_model):
     image, truth = load_sample_cells(), load_sample_cells(labels=True).astype(np.int64)
     seg = cr.segment(image, cells_model, axes="YX", device="cpu", return_probabilities=True)
     ranking = cr.rank_objects(seg.probabilities, seg.instances, settings=seg.settings)
-    corrected, reviewed = _benchmark("bench_sample_corrections").correct_top_objects(seg.instances, ranking, truth, 3)
+    corrected, reviewed = load_benchmark("bench_sample_corrections").correct_top_objects(seg.instances, ranking, truth, 3)
     tuned = cr.finetune(cells_model, [image], [corrected], masks=[reviewed], device="cpu")
     assert tuned.config["provenance"][-1]["teacher_confidence"][0] >= 0.9  # distillation kept the unreviewed pixels
     after = object_scores(truth, cr.segment(image, tuned, axes="YX", device="cpu").instances)

@@ -2,23 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "diagnose_outlines.py"
 
-
-def _load():
-    spec = importlib.util.spec_from_file_location("diagnose_outlines", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_move_outlines_in_and_out():
-    move_outlines = _load().move_outlines
+def test_move_outlines_in_and_out(load_benchmark):
+    move_outlines = load_benchmark("diagnose_outlines").move_outlines
     instances = np.zeros((30, 40), np.int32)
     instances[5:15, 5:15] = 1  # isolated 10 x 10
     instances[5:15, 20:30] = 2  # two squares that touch along x = 30
